@@ -1,0 +1,49 @@
+"""``pyratok``: one CLI for every stage of the pipeline."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="pyratok",
+    help="Ingest video datasets into WebDataset shards, recaption them, and train the PyraTok tokenizer on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.command("config")
+def show_config(
+    config: str = typer.Option(None, "--config", "-c", help="Preset (path or name in configs/)."),
+    sets: list[str] = typer.Option(None, "--set", "-s", help="Override key.path=value (repeatable)."),
+) -> None:
+    """Print the resolved config (preset + inheritance + overrides) as YAML."""
+    from pyratok.cli.common import load_cli_config, user_errors
+    from pyratok.core.config import to_yaml
+
+    with user_errors():
+        typer.echo(to_yaml(load_cli_config(config, sets)))
+
+
+# Each stage's commands live in their own module (cheap to import: heavy libraries
+# load inside the commands). "module:attr" -> a command function or a Typer group.
+SUBCOMMANDS: list[tuple[str, str]] = []
+
+
+def _register() -> None:
+    import importlib
+
+    for name, target in SUBCOMMANDS:
+        module, attr = target.split(":")
+        obj = getattr(importlib.import_module(module), attr)
+        if isinstance(obj, typer.Typer):
+            app.add_typer(obj, name=name)
+        else:
+            app.command(name)(obj)
+
+
+_register()
+
+if __name__ == "__main__":
+    app()

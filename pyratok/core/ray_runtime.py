@@ -1,0 +1,66 @@
+"""Connect to Ray: a cluster when an address is given, else an embedded local one.
+
+The embedded default uses ``address="local"`` so a stale cluster file from an
+earlier ``ray start`` can never hijack it, and caps the object store so a
+laptop or CI box is not asked for 30 % of its RAM.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyratok.core.config import StrictModel
+from pyratok.core.logging import get_logger
+
+log = get_logger(__name__)
+
+# Ray Train waits one health-check interval per report(); 2 s default dominates tiny local runs.
+LOCAL_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_DEDUP_LOGS": "1"}
+
+
+class RayConfig(StrictModel):
+    address: str | None = None
+    """``ray://`` / ``host:port`` / ``auto`` for a cluster. None: ``$RAY_ADDRESS``, else local."""
+    num_cpus: int | None = None
+    """Local only: CPUs to give the embedded cluster (None: all)."""
+    object_store_memory_mb: int = 1024
+    """Local only: object store cap."""
+    namespace: str = "pyratok"
+    runtime_env: dict = {}
+
+
+def resolve_address(cfg: RayConfig, address: str | None = None) -> str | None:
+    return address or cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def init_ray(cfg: RayConfig, address: str | None = None) -> None:
+    """Idempotent ``ray.init`` for the driver of a stage."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    target = resolve_address(cfg, address)
+    if target and target != "local":
+        log.info("connecting to Ray cluster at %s", target)
+        ray.init(address=target, namespace=cfg.namespace, runtime_env=cfg.runtime_env or None, log_to_driver=True)
+        return
+    for key, value in LOCAL_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    ray.init(
+        address="local",
+        num_cpus=cfg.num_cpus,
+        object_store_memory=cfg.object_store_memory_mb * 1024 * 1024,
+        include_dashboard=False,
+        namespace=cfg.namespace,
+        runtime_env=cfg.runtime_env or None,
+        log_to_driver=True,
+        configure_logging=False,
+    )
+    log.info("started a local Ray (%s CPUs)", int(ray.cluster_resources().get("CPU", 0)))
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
