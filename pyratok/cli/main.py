@@ -13,6 +13,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def main() -> None:
+    """Ingest video datasets into WebDataset shards, recaption them, and train the PyraTok tokenizer on Ray."""
+
+
 @app.command("config")
 def show_config(
     config: str = typer.Option(None, "--config", "-c", help="Preset (path or name in configs/)."),
