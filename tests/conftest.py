@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import servers
+from pyratok.workflow import services
 
 # Tests never talk to a real cloud or a user's cluster, whatever the shell exports.
 for _var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
@@ -20,10 +20,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """A moto S3 server; yields its endpoint URL. Credentials are fake and set in the environment."""
-    server = servers.start_moto(tmp_path_factory.mktemp("moto"))
-    saved = {k: os.environ.get(k) for k in servers.TEST_S3_ENV}
-    os.environ.update(servers.TEST_S3_ENV)
+    """A moto S3 server; yields its endpoint URL. Its (fake) credentials are set in the environment."""
+    server = services.start_s3(tmp_path_factory.mktemp("moto"))
+    creds = {k: v for k, v in server.env.items() if k != "AWS_ENDPOINT_URL"}
+    saved = {k: os.environ.get(k) for k in creds}
+    os.environ.update(creds)
     yield server.url
     server.stop()
     for key, value in saved.items():
@@ -53,7 +54,7 @@ def s3_storage(s3_server):
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` (sqlite backend, local artifacts); yields its URL."""
-    server = servers.start_mlflow(tmp_path_factory.mktemp("mlflow-server"))
+    server = services.start_mlflow(tmp_path_factory.mktemp("mlflow-server"))
     yield server.url
     server.stop()
 
