@@ -32,8 +32,13 @@ def show_config(
 
 
 # Each stage's commands live in their own module (cheap to import: heavy libraries
-# load inside the commands). "module:attr" -> a command function or a Typer group.
-SUBCOMMANDS: list[tuple[str, str]] = []
+# load inside the commands). "module:attr" -> a command function or a Typer group;
+# a function may carry click `context_settings` as an attribute.
+SUBCOMMANDS: list[tuple[str, str]] = [
+    ("submit", "pyratok.cli.submit:submit"),
+    ("jobs", "pyratok.cli.submit:jobs_app"),
+    ("dev", "pyratok.cli.dev:app"),
+]
 
 
 def _register() -> None:
@@ -45,7 +50,7 @@ def _register() -> None:
         if isinstance(obj, typer.Typer):
             app.add_typer(obj, name=name)
         else:
-            app.command(name)(obj)
+            app.command(name, context_settings=getattr(obj, "context_settings", None))(obj)
 
 
 _register()
