@@ -20,6 +20,7 @@ from pyratok.model.config import ModelConfig
 from pyratok.pipelines.caption.config import CaptionConfig
 from pyratok.pipelines.ingest.config import IngestConfig
 from pyratok.pipelines.train.config import TrainConfig
+from pyratok.workflow.config import PipelineConfig
 
 DEFAULT_PRESET = "local.yaml"
 
@@ -34,6 +35,7 @@ class PyratokConfig(StrictModel):
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
 
 def load(path: str | os.PathLike | None = DEFAULT_PRESET, overrides: Iterable[str] = (), extra: dict | None = None) -> PyratokConfig:

@@ -1,0 +1,141 @@
+"""The workflow engine: fingerprints, skipping, rerun, stale marking, resume, MLflow lineage."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from pyratok.config import load
+from pyratok.core.config import fingerprint
+from pyratok.core.storage import join
+from pyratok.core.tracking import stage_run
+from pyratok.workflow.runner import PipelineError, PipelineRunner
+from pyratok.workflow.stage import StageContext, StageOutputs, StageSpec
+
+
+class Recorder:
+    """Three chained stages that really read and write files through Storage."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, bool]] = []
+        self.fail_b = False
+
+    def a(self, ctx: StageContext) -> StageOutputs:
+        self.calls.append(("a", ctx.resume))
+        uri = join(ctx.root, "a.txt")
+        text = f"a:{ctx.config.pipeline.sample_clips}"
+        ctx.storage.write_text(uri, text)
+        return StageOutputs({"file": uri}, fingerprint(text))
+
+    def b(self, ctx: StageContext) -> StageOutputs:
+        self.calls.append(("b", ctx.resume))
+        if self.fail_b:
+            raise RuntimeError("b broke")
+        text = ctx.storage.read_text(ctx.output_of("a", "file")) + f"|b:{ctx.config.pipeline.caption_model}"
+        with stage_run(ctx.config.tracking, ctx.config.work_dir, "b") as run:
+            uri = join(ctx.root, "b.txt")
+            ctx.storage.write_text(uri, text)
+        return StageOutputs({"file": uri}, fingerprint(text), run.info.run_id)
+
+    def c(self, ctx: StageContext) -> StageOutputs:
+        self.calls.append(("c", ctx.resume))
+        text = ctx.storage.read_text(ctx.output_of("b", "file")) + "|c"
+        uri = join(ctx.root, "c.txt")
+        ctx.storage.write_text(uri, text)
+        return StageOutputs({"file": uri}, fingerprint(text))
+
+    def specs(self) -> list[StageSpec]:
+        return [
+            StageSpec("a", self.a, config_keys=("pipeline.sample_clips",)),
+            StageSpec("b", self.b, after=("a",), config_keys=("pipeline.caption_model",)),
+            StageSpec("c", self.c, after=("b",)),
+        ]
+
+    def names(self) -> list[str]:
+        out = [name for name, _ in self.calls]
+        self.calls.clear()
+        return out
+
+
+def config(tmp_path, **pipeline):
+    sets = [f"work_dir={tmp_path}", f"pipeline.root={tmp_path / 'root'}", "tracking.experiment=wf"]
+    sets += [f"pipeline.{k}={v}" for k, v in pipeline.items()]
+    return load("local", sets)
+
+
+def test_second_run_skips_everything_and_a_config_change_reruns_exactly_the_affected(tmp_path):
+    rec = Recorder()
+    PipelineRunner(config(tmp_path, sample_clips=2), rec.specs()).run()
+    assert rec.names() == ["a", "b", "c"]
+    PipelineRunner(config(tmp_path, sample_clips=2), rec.specs()).run()
+    assert rec.names() == []
+    # b's key changed: b reruns, and c because b's output changed; a does not.
+    PipelineRunner(config(tmp_path, sample_clips=2, caption_model="m2"), rec.specs()).run()
+    assert rec.names() == ["b", "c"]
+
+
+def test_rerun_one_stage_leaves_others_untouched_and_marks_stale(tmp_path):
+    rec = Recorder()
+    runner = PipelineRunner(config(tmp_path, sample_clips=2), rec.specs())
+    runner.run()
+    rec.names()
+    before = runner.load()
+    runner.run(force={"a"}, only={"a"})  # same output: downstream stays valid
+    assert rec.names() == ["a"]
+    after = runner.load()
+    assert after.stages["b"] == before.stages["b"] and after.stages["c"] == before.stages["c"]
+    assert [v.state for v in runner.views()] == ["completed", "completed", "completed"]
+
+    changed = PipelineRunner(config(tmp_path, sample_clips=3), rec.specs())
+    changed.run(force={"a"}, only={"a"})
+    assert rec.names() == ["a"]
+    assert [v.state for v in changed.views()] == ["completed", "stale", "stale"]
+    changed.run(force={"b", "c"}, only={"b", "c"})  # rerun b --downstream
+    assert rec.names() == ["b", "c"]
+    assert [v.state for v in changed.views()] == ["completed", "completed", "completed"]
+
+
+def test_failed_stage_is_recorded_and_the_next_run_resumes_there(tmp_path):
+    rec = Recorder()
+    rec.fail_b = True
+    runner = PipelineRunner(config(tmp_path), rec.specs())
+    with pytest.raises(PipelineError, match="'b' failed: RuntimeError: b broke"):
+        runner.run()
+    state = runner.load()
+    assert state.stages["a"].status == "completed"
+    assert state.stages["b"].status == "failed" and "b broke" in state.stages["b"].error
+    assert "c" not in state.stages
+    rec.calls.clear()
+    rec.fail_b = False
+    runner.run()
+    assert rec.calls == [("b", True), ("c", False)]  # a skipped, b resumed
+    assert runner.load().stages["b"].attempts == 2
+
+
+def test_unknown_stage_and_missing_upstream_are_clear_errors(tmp_path):
+    rec = Recorder()
+    runner = PipelineRunner(config(tmp_path), rec.specs())
+    with pytest.raises(ValueError, match="unknown stage"):
+        runner.run(force={"zzz"})
+    with pytest.raises(PipelineError, match="needs \\['a'\\] completed"):
+        runner.run(only={"b"})
+
+
+def test_lineage_is_queryable_through_mlflow(tmp_path):
+    rec = Recorder()
+    runner = PipelineRunner(config(tmp_path, caption_model="m1"), rec.specs())
+    runner.run()
+    state = runner.load()
+    b = state.stages["b"]
+    client = mlflow.MlflowClient()
+    run = client.get_run(b.mlflow_run_id)
+    assert run.data.tags["mlflow.parentRunId"] == state.pipeline_runs[-1]
+    assert run.data.tags["pyratok.input.a.file"] == state.stages["a"].outputs["file"]
+    assert run.data.tags["pyratok.output.file"] == b.outputs["file"]
+    assert run.data.tags["pyratok.fingerprint"] == b.fingerprint
+    parent = client.get_run(state.pipeline_runs[-1])
+    assert parent.data.tags["pyratok.stage.b"] == f"ran:{b.mlflow_run_id}"
+    assert "stage_wall_s.b" in parent.data.metrics
+    runner.run()
+    again = client.get_run(runner.load().pipeline_runs[-1])
+    assert again.data.tags["pyratok.stage.b"] == f"cached:{b.mlflow_run_id}"
