@@ -74,3 +74,43 @@ def work_dir(tmp_path) -> Path:
     path = tmp_path / "work"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory) -> Path:
+    """The raw-video corpus of ``pyratok sample-data`` (real ffmpeg files), generated once per session.
+
+    A folder with ``inputs.yaml`` (the four datasets: openvid, ultravideo, droplet, manifest,
+    paths relative to the folder), ``expected.json`` (the outcome of every metadata row under
+    ``configs/local.yaml``'s filters) and each source's metadata + ``videos/`` folder. Read-only:
+    copy it before changing anything.
+    """
+    from pyratok.pipelines.ingest.sample_data import write_sample_data
+
+    root = tmp_path_factory.mktemp("sample-corpus")
+    write_sample_data(str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def ingested_dataset(sample_corpus, ray_local, tmp_path_factory) -> str:
+    """A dataset root made by the real ingest Ray Data job over ``sample_corpus`` (local storage).
+
+    All four sources go into ONE root with ``configs/local.yaml``'s ingest settings (4 clips
+    per shard): ``shards/{droplet,manifest,openvid,ultravideo}-NNNNNN.tar`` (+ ``.stats.json``),
+    ``manifest.parquet``, ``rejects.parquet`` and ``ingest.json`` (counts). 15 accepted clips in
+    5 shards: h264/hevc/vp9, 720p to 2160p, one portrait, whole-file, remuxed, stream-copied and
+    re-encoded clips. Layout: ``pyratok.core.dataset``. Read-only: copy it before writing into it
+    (e.g. ``shutil.copytree``), or write caption sidecars into a copy.
+    """
+    from pyratok.config import load
+    from pyratok.pipelines.ingest.config import InputSpec
+    from pyratok.pipelines.ingest.job import run_ingest
+    from pyratok.pipelines.ingest.sample_data import INPUTS_FILE, load_inputs_file
+
+    work = tmp_path_factory.mktemp("ingest-work")
+    cfg = load(overrides=[f"work_dir={work}", "tracking.enabled=false"])
+    inputs = [InputSpec(**item) for item in load_inputs_file(str(sample_corpus / INPUTS_FILE))]
+    result = run_ingest(cfg, inputs=inputs, output=str(work / "dataset"))
+    assert result.invariant_ok and result.accepted > 0
+    return result.output

@@ -35,6 +35,8 @@ def show_config(
 # load inside the commands). "module:attr" -> a command function or a Typer group;
 # a function may carry click `context_settings` as an attribute.
 SUBCOMMANDS: list[tuple[str, str]] = [
+    ("sample-data", "pyratok.cli.sample_data:sample_data"),
+    ("ingest", "pyratok.cli.ingest:ingest"),
     ("submit", "pyratok.cli.submit:submit"),
     ("jobs", "pyratok.cli.submit:jobs_app"),
     ("dev", "pyratok.cli.dev:app"),

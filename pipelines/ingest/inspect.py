@@ -1,0 +1,123 @@
+"""Per input row: find the video, probe it, filter it, plan its clip (a Ray Data probe task).
+
+Everything here reads headers and packet flags only. The outcome of each row
+is either a rejection (reason + detail) or an accepted clip with its probe
+info and cut plan; nothing is lost, whatever the file holds.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pyratok.core.storage import Storage, StorageError
+from pyratok.pipelines.ingest import filters, reasons
+from pyratok.pipelines.ingest.clip import ClipPlan, plan_clip
+from pyratok.pipelines.ingest.config import IngestConfig
+from pyratok.pipelines.ingest.probe import ProbeError, VideoInfo, keyframes_near, probe
+from pyratok.pipelines.ingest.reasons import Rejection
+from pyratok.pipelines.ingest.video_access import VideoAccess
+
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Inspector:
+    """Picklable context of a probe task."""
+
+    storage: Storage
+    cfg: IngestConfig
+
+    def __call__(self, batch):
+        """Ray Data ``map_batches`` UDF: a pandas batch of input rows -> the same rows with outcomes."""
+        import pandas as pd
+
+        records = batch.to_dict(orient="records")
+        threads = min(self.cfg.execution.probe_threads, max(1, len(records)))
+        with ThreadPoolExecutor(threads) as pool:
+            outcomes = list(pool.map(self.inspect, records))
+        return pd.DataFrame([{**rec, **out} for rec, out in zip(records, outcomes)])
+
+    def inspect(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``{"status", "reason", "detail", "info", "plan", "est_bytes"}`` for one input row."""
+        try:
+            info, plan = self._probe_and_plan(row)
+        except ProbeError as exc:
+            return _rejected(Rejection(exc.reason, exc.detail))
+        except _Rejected as exc:
+            return _rejected(exc.rejection)
+        except StorageError:
+            raise  # credentials/endpoint trouble is the job's problem, not this row's: fail loudly
+        except Exception as exc:  # noqa: BLE001 - one odd file must not kill the task; keep the evidence
+            return _rejected(Rejection(reasons.PROBE_FAILED, f"{type(exc).__name__}: {exc}"))
+        fraction = plan.duration_s / info.duration_s if info.duration_s > 0 else 1.0
+        return {
+            "status": ACCEPTED,
+            "reason": "",
+            "detail": "",
+            "info": json.dumps(info.to_dict(), sort_keys=True),
+            "plan": json.dumps(plan.to_dict(), sort_keys=True),
+            "est_bytes": int(info.size_bytes * min(1.0, fraction)),
+        }
+
+    def _probe_and_plan(self, row: dict[str, Any]) -> tuple[VideoInfo, ClipPlan]:
+        execution = self.cfg.execution
+        access = VideoAccess(self.storage, execution.presign_expiry_s)
+        uri = row["video"]
+        try:
+            size = access.size(uri)
+        except FileNotFoundError:
+            raise _Rejected(reasons.MISSING_FILE, f"{uri} does not exist") from None
+        if size == 0:
+            raise _Rejected(reasons.EMPTY_FILE, f"{uri} is empty (0 bytes)")
+        target = access.target(uri)
+        try:
+            info = probe(target, timeout_s=execution.probe_timeout_s, network_timeout_s=execution.network_timeout_s)
+            if size is not None and info.size_bytes <= 0:
+                info = _with_size(info, size)
+            rejection = filters.check_stream(info, self.cfg.filters)
+            if rejection:
+                raise _Rejected(*rejection)
+
+            def find_keyframes(at_s: float, tolerance_s: float) -> list[float]:
+                return keyframes_near(
+                    target, at_s, tolerance_s,
+                    timeout_s=execution.probe_timeout_s, network_timeout_s=execution.network_timeout_s,
+                )  # fmt: skip
+
+            window = _window(row)
+            plan = plan_clip(info, window, self.cfg.cut, find_keyframes)
+        except ProbeError as exc:
+            raise ProbeError(exc.reason, access.scrub(exc.detail, uri, target)) from None
+        if isinstance(plan, Rejection):
+            raise _Rejected(*plan)
+        rejection = filters.check_duration(plan.duration_s, self.cfg.filters)
+        if rejection:
+            raise _Rejected(*rejection)
+        return info, plan
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.rejection = Rejection(reason, detail)
+
+
+def _rejected(rejection: Rejection) -> dict[str, Any]:
+    return {"status": REJECTED, "reason": rejection.reason, "detail": rejection.detail, "info": "", "plan": "", "est_bytes": 0}
+
+
+def _window(row: dict[str, Any]) -> tuple[float, float] | None:
+    start, end = row.get("window_start"), row.get("window_end")
+    if start is None or end is None or start != start or end != end or start < 0:  # NaN/-1 = no window
+        return None
+    return float(start), float(end)
+
+
+def _with_size(info: VideoInfo, size: int) -> VideoInfo:
+    from dataclasses import replace
+
+    return replace(info, size_bytes=size)

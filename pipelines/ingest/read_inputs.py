@@ -1,0 +1,164 @@
+"""Driver side of ingest: metadata tables -> one row per input, or its rejection.
+
+Runs before any video is touched and settles what can be settled from
+metadata alone: unparsable rows, duplicates, captions, score thresholds and
+(for DropletVideo, whose file names carry a quality label the metadata lacks)
+the file lookup. Row ``i`` of input ``n`` is the identity used by the
+accepted/rejected invariant.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyratok.core.dataset import sample_key
+from pyratok.core.logging import get_logger
+from pyratok.core.storage import Storage, basename, is_s3, join
+from pyratok.pipelines.ingest import filters, reasons
+from pyratok.pipelines.ingest.caption_text import clean_caption
+from pyratok.pipelines.ingest.config import IngestConfig, InputSpec
+from pyratok.pipelines.ingest.reasons import Rejection
+from pyratok.pipelines.ingest.sources import RowError, SourceRow, source_format
+from pyratok.pipelines.ingest.sources.tables import ERROR_FIELD, MetadataError, read_table
+
+log = get_logger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".flv")
+_QUALITY_NUMBER = re.compile(r"(\d+)")
+
+
+@dataclass
+class ParsedInputs:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """Inputs that still need their video probed."""
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    """Input rows per input spec."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+def reject_record(row: dict[str, Any], rejection: Rejection) -> dict[str, Any]:
+    """A rejects-table row (``pyratok.core.dataset.REJECT_COLUMNS`` + where the input came from)."""
+    return {
+        "source": row["source"],
+        "source_id": row.get("source_id", ""),
+        "path": row.get("video", ""),
+        "reason": rejection.reason,
+        "detail": rejection.detail,
+        "key": row.get("key", ""),
+        "metadata": row["metadata"],
+        "row": int(row["row"]),
+        "input": int(row["input"]),
+    }
+
+
+def video_uri(videos: str, path: str) -> str:
+    """A metadata path resolved against the videos folder (absolute paths and URIs stand as given)."""
+    if is_s3(path) or path.startswith("/"):
+        return path
+    return join(videos, path)
+
+
+def _droplet_index(storage: Storage, videos: str) -> dict[str, str]:
+    """``"{ytid}--{start}_{end}-"`` -> file URI, from one listing of the videos folder."""
+    candidates: dict[str, list[str]] = {}
+    for uri in storage.list(videos, suffix=VIDEO_SUFFIXES):
+        name = basename(uri)
+        head, sep, _quality = name.rpartition("-")
+        if sep and "--" in head:
+            candidates.setdefault(head + "-", []).append(uri)
+
+    def best(uris: list[str]) -> str:
+        # Several qualities of one clip: the highest numeric label ("1080p" over "720p"), then by name.
+        def rank(uri: str) -> tuple[int, str]:
+            label = basename(uri).rpartition("-")[2]
+            match = _QUALITY_NUMBER.search(label)
+            return (-int(match.group(1)) if match else 0, uri)
+
+        return sorted(uris, key=rank)[0]
+
+    return {prefix: best(uris) for prefix, uris in candidates.items()}
+
+
+def _normalize(parsed: SourceRow, cfg: IngestConfig) -> tuple[dict[str, Any], Rejection | None]:
+    """Cleaned captions + score filter; the fields of a probe-task row."""
+    issues: list[str] = []
+    caption, found, rejection = clean_caption(parsed.caption, cfg.captions)
+    issues += found
+    captions = {}
+    for name, text in parsed.captions.items():
+        clean, found, rej = clean_caption(text, cfg.captions, name)
+        captions[name] = clean
+        issues += [f"{name}:{i}" for i in found]
+        rejection = rejection or rej
+    rejection = rejection or filters.check_scores(parsed.scores, cfg.filters)
+    start, end = parsed.window if parsed.window else (-1.0, -1.0)
+    fields = {
+        "source_id": parsed.source_id,
+        "window_start": start,
+        "window_end": end,
+        "caption": caption,
+        "captions": json.dumps(captions, sort_keys=True, ensure_ascii=False),
+        "scores": json.dumps(parsed.scores, sort_keys=True),
+        "tags": json.dumps({k: clean_caption(v, cfg.captions, k)[0] for k, v in parsed.tags.items()}, sort_keys=True),
+        "caption_issues": ",".join(issues),
+    }
+    return fields, rejection
+
+
+def read_inputs(storage: Storage, cfg: IngestConfig, specs: list[InputSpec]) -> ParsedInputs:
+    """Parse every input's metadata; raise :class:`MetadataError` when a table as a whole is unusable."""
+    out = ParsedInputs()
+    seen: dict[str, tuple[int, int]] = {}
+    for index, spec in enumerate(specs):
+        fmt = source_format(spec.source)
+        table = read_table(storage, spec.metadata)
+        missing = [c for c in fmt.required(cfg.sources) if c not in table.columns]
+        if table.rows and missing:
+            raise MetadataError(
+                f"metadata {spec.metadata} ({spec.source}) lacks column(s) {', '.join(map(repr, missing))}; "
+                f"it has {', '.join(map(repr, table.columns[:30]))}"
+            )
+        droplet_files = _droplet_index(storage, spec.videos) if spec.source == "droplet" else {}
+        out.counts.append(len(table.rows))
+        for number, record in enumerate(table.rows):
+            base = {"input": index, "metadata": spec.metadata, "row": number, "source": spec.source}
+            if record.get(ERROR_FIELD):
+                out.rejects.append(reject_record(base, Rejection(reasons.BAD_METADATA, record[ERROR_FIELD])))
+                continue
+            try:
+                parsed = fmt.parse(record, cfg.sources)
+            except RowError as exc:
+                out.rejects.append(reject_record(base, Rejection(reasons.BAD_METADATA, str(exc))))
+                continue
+            window = parsed.window or (None, None)
+            row = {**base, "key": sample_key(spec.source, parsed.source_id, *window)}
+            fields, rejection = _normalize(parsed, cfg)
+            row.update(fields)
+            if parsed.video_is_prefix:
+                found = droplet_files.get(parsed.video)
+                row["video"] = found or video_uri(spec.videos, parsed.video + "*.mp4")
+                if found is None:
+                    rejection = rejection or Rejection(
+                        reasons.MISSING_FILE, f"no file named {parsed.video}<quality>.<ext> in {spec.videos}"
+                    )
+            else:
+                row["video"] = video_uri(spec.videos, parsed.video)
+            if rejection is None and row["key"] in seen:
+                first_input, first_row = seen[row["key"]]
+                rejection = Rejection(
+                    reasons.DUPLICATE, f"same clip as row {first_row} of {specs[first_input].metadata} (key {row['key']})"
+                )
+            if rejection is not None:
+                out.rejects.append(reject_record(row, rejection))
+                continue
+            seen[row["key"]] = (index, number)
+            out.rows.append(row)
+        log.info("%s: %d rows in %s", spec.source, len(table.rows), spec.metadata)
+    return out
