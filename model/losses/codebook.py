@@ -1,0 +1,68 @@
+"""Codebook terms over the pyramid's levels (all per bit or per bit group; never tokens x 2^bits).
+
+- commitment: ||z - sg(b)||^2;
+- entropy: per-token entropy - gamma * codebook entropy (exact within bit groups; see ``lfq``);
+- hierarchical KL: KL(q^(l) || q^(l-1) averaged onto level l's grid), per-bit Bernoulli KL;
+- text KL: KL(q_i || sg(p_t)) per token, p_t the text's factorized distribution over codes;
+- text alignment: symmetric InfoNCE between pooled token semantics and the pooled text embedding.
+Level terms are averaged over levels (pairs of levels for the hierarchical KL).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pyratok.model.grid import causal_avg_pool, to_channels, to_tokens
+from pyratok.model.lapq import LevelOutput
+from pyratok.model.lfq import bernoulli_kl, bernoulli_kl_probs, entropy_aux
+from pyratok.model.lfq import commitment as level_commitment
+
+
+def _mean(values: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(values).mean(0)
+
+
+def commitment(levels: list[LevelOutput]) -> torch.Tensor:
+    return _mean([level_commitment(lv.quantized) for lv in levels])
+
+
+def entropy(levels: list[LevelOutput], *, gamma: float, group_bits: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(mean over levels of token entropy - gamma * codebook entropy, per-level entropies for metrics)."""
+    terms, stats = [], {}
+    for i, lv in enumerate(levels, start=1):
+        term, token_h, book_h = entropy_aux(lv.quantized, gamma=gamma, group_bits=group_bits)
+        terms.append(term)
+        stats[f"token_entropy/level{i}"] = token_h.detach()
+        stats[f"codebook_entropy/level{i}"] = book_h.detach()
+    return _mean(terms), stats
+
+
+def hierarchical_kl(levels: list[LevelOutput]) -> torch.Tensor:
+    terms = []
+    for parent, child in zip(levels[:-1], levels[1:]):
+        ft, fs = parent.grid.ratio_to(child.grid)
+        parent_p = to_tokens(causal_avg_pool(to_channels(torch.sigmoid(parent.quantized.logits)), ft, fs))
+        child_p = torch.sigmoid(child.quantized.logits)
+        terms.append(bernoulli_kl_probs(child_p, parent_p).sum(-1).mean())
+    return _mean(terms)
+
+
+def text_kl(levels: list[LevelOutput], text_logits: torch.Tensor) -> torch.Tensor:
+    """``text_logits``: (B, bits) per-bit logits of p_t (stop-gradient applied here)."""
+    target = text_logits.detach()[:, None, None, None, :]
+    return _mean([bernoulli_kl(lv.quantized.logits, target).sum(-1).mean() for lv in levels])
+
+
+def pooled_bits(levels: list[LevelOutput]) -> torch.Tensor:
+    """(B, bits): mean straight-through bits per level, averaged over levels (so s = W_s of it = mean_i s_i)."""
+    return _mean([lv.quantized.bits.flatten(1, 3).mean(1) for lv in levels])
+
+
+def text_alignment(token_semantics: torch.Tensor, text_pooled: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE: cross-entropy (= KL to the one-hot diagonal target) both ways across the batch."""
+    s = F.normalize(token_semantics.float(), dim=-1)
+    e = F.normalize(text_pooled.float(), dim=-1)
+    logits = s @ e.T / temperature
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2

