@@ -37,6 +37,7 @@ def show_config(
 SUBCOMMANDS: list[tuple[str, str]] = [
     ("sample-data", "pyratok.cli.sample_data:sample_data"),
     ("ingest", "pyratok.cli.ingest:ingest"),
+    ("pipeline", "pyratok.cli.pipeline:app"),
     ("submit", "pyratok.cli.submit:submit"),
     ("jobs", "pyratok.cli.submit:jobs_app"),
     ("dev", "pyratok.cli.dev:app"),

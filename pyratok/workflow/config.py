@@ -1,22 +1,17 @@
-"""Typed config of the workflow layer (the ``pipeline:`` section of a preset)."""
+"""Typed config of the workflow layer (the ``pipeline:`` section of a preset).
+
+What each stage consumes is configured in that stage's own section
+(``ingest.inputs``, ``caption.model``, ``train.stages.stageN``); this section
+only says where the pipeline lives and which stages it has.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pyratok.core.config import StrictModel
 
 STAGE_ORDER = ("sample-data", "ingest", "caption", "train1", "train2", "train3")
-
-
-class SourceInput(StrictModel):
-    """One raw dataset to ingest: which reader, its metadata file, its videos folder/prefix."""
-
-    source: Literal["droplet", "openvid", "ultravideo", "manifest"]
-    metadata: str
-    videos: str
 
 
 class PipelineConfig(StrictModel):
@@ -24,13 +19,15 @@ class PipelineConfig(StrictModel):
     """Where the pipeline's outputs and state live (local dir or s3://). None: <work_dir>/pipeline."""
     sample_data: bool = False
     """Generate the sample corpus first and ingest all its sources (the embedded default)."""
-    sample_clips: int | None = None
-    """Clips per source for the sample corpus (None: the generator's default)."""
-    sources: list[SourceInput] = Field(default_factory=list)
-    """Raw datasets to ingest into the pipeline's dataset (ignored when sample_data is on)."""
-    caption_model: str | None = None
-    """Captioner dir or s3:// URI. None: build the tiny offline Qwen2.5-VL under <root>/models."""
-    base_model: str | None = None
-    """A `pyratok model init` dir (or s3://) stage 1 starts from. None: build the tiny preset under <root>/models."""
+    sample_clips: int = 0
+    """Extra generated clips per source in the sample corpus (0: the fixed small corpus)."""
     stages: list[str] = Field(default_factory=lambda: list(STAGE_ORDER))
-    """Which stages this pipeline has, in order (a subset of sample-data, ingest, caption, train1..3)."""
+    """Which stages this pipeline has, in pipeline order."""
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in STAGE_ORDER]
+        if unknown:
+            raise ValueError(f"unknown pipeline stage(s) {unknown}; choose from {list(STAGE_ORDER)}")
+        return value

@@ -31,7 +31,7 @@ class Recorder:
         self.calls.append(("b", ctx.resume))
         if self.fail_b:
             raise RuntimeError("b broke")
-        text = ctx.storage.read_text(ctx.output_of("a", "file")) + f"|b:{ctx.config.pipeline.caption_model}"
+        text = ctx.storage.read_text(ctx.output_of("a", "file")) + f"|b:{ctx.config.pipeline.sample_data}"
         with stage_run(ctx.config.tracking, ctx.config.work_dir, "b") as run:
             uri = join(ctx.root, "b.txt")
             ctx.storage.write_text(uri, text)
@@ -47,7 +47,7 @@ class Recorder:
     def specs(self) -> list[StageSpec]:
         return [
             StageSpec("a", self.a, config_keys=("pipeline.sample_clips",)),
-            StageSpec("b", self.b, after=("a",), config_keys=("pipeline.caption_model",)),
+            StageSpec("b", self.b, after=("a",), config_keys=("pipeline.sample_data",)),
             StageSpec("c", self.c, after=("b",)),
         ]
 
@@ -70,7 +70,7 @@ def test_second_run_skips_everything_and_a_config_change_reruns_exactly_the_affe
     PipelineRunner(config(tmp_path, sample_clips=2), rec.specs()).run()
     assert rec.names() == []
     # b's key changed: b reruns, and c because b's output changed; a does not.
-    PipelineRunner(config(tmp_path, sample_clips=2, caption_model="m2"), rec.specs()).run()
+    PipelineRunner(config(tmp_path, sample_clips=2, sample_data=True), rec.specs()).run()
     assert rec.names() == ["b", "c"]
 
 
@@ -123,7 +123,7 @@ def test_unknown_stage_and_missing_upstream_are_clear_errors(tmp_path):
 
 def test_lineage_is_queryable_through_mlflow(tmp_path):
     rec = Recorder()
-    runner = PipelineRunner(config(tmp_path, caption_model="m1"), rec.specs())
+    runner = PipelineRunner(config(tmp_path, sample_data=True), rec.specs())
     runner.run()
     state = runner.load()
     b = state.stages["b"]

@@ -1,0 +1,105 @@
+"""The pipeline's stages: each a thin binding of a stage's Python API into the workflow.
+
+A stage declares the config keys that decide its result; everything else in
+the config (Ray address, MLflow URI, logging) can change without invalidating
+it. Output fingerprints are computed from what was produced (clip hashes,
+caption sidecars, checkpoints), so a rerun that reproduces the same outputs
+does not invalidate what was built on them.
+"""
+
+from __future__ import annotations
+
+from pyratok.core.config import fingerprint
+from pyratok.core.storage import join
+from pyratok.workflow.config import STAGE_ORDER
+from pyratok.workflow.stage import Resources, StageContext, StageOutputs, StageSpec
+
+def _dataset_root(ctx: StageContext) -> str:
+    return ctx.config.ingest.output or join(ctx.root, "dataset")
+
+
+# -- sample-data -------------------------------------------------------------
+def run_sample_data(ctx: StageContext) -> StageOutputs:
+    from pyratok.pipelines.ingest.sample_data import INPUTS_FILE, write_sample_data
+
+    out = join(ctx.root, "raw")
+    summary = write_sample_data(out, clips=ctx.config.pipeline.sample_clips, storage=ctx.storage)
+    summary.pop("out", None)
+    return StageOutputs({"corpus": out, "inputs": join(out, INPUTS_FILE)}, fingerprint(summary))
+
+
+# -- ingest ------------------------------------------------------------------
+def run_ingest_stage(ctx: StageContext) -> StageOutputs:
+    from pyratok.pipelines.ingest.config import InputSpec
+    from pyratok.pipelines.ingest.job import run_ingest
+    from pyratok.pipelines.ingest.sample_data import load_inputs_file
+
+    inputs = None
+    if "sample-data" in ctx.upstream:
+        items = load_inputs_file(ctx.output_of("sample-data", "inputs"), ctx.storage)
+        inputs = [InputSpec(**item) for item in items]
+    output = _dataset_root(ctx)
+    result = run_ingest(ctx.config, inputs=inputs, output=output)
+    if not result.invariant_ok:
+        raise RuntimeError(f"ingest into {output}: inputs != accepted + rejected; see its summary")
+    if result.accepted == 0:
+        raise RuntimeError(f"ingest into {output} accepted no clips ({result.rejected_by_reason}); nothing to train on")
+    manifest = ctx.storage.read_parquet(join(output, "manifest.parquet"))
+    clips = sorted(zip(manifest["key"], manifest["sha256"]))
+    return StageOutputs(
+        {"dataset": output, "manifest": join(output, "manifest.parquet")},
+        fingerprint({"clips": clips, "shards": [s.rsplit("/", 1)[-1] for s in result.shards]}),
+        result.run_id,
+        {"accepted": result.accepted, "rejected": result.rejected},
+    )
+
+
+# -- caption -----------------------------------------------------------------
+def run_caption_stage(ctx: StageContext) -> StageOutputs:
+    from pyratok.core.dataset import captions_dir
+    from pyratok.pipelines.caption.job import run_caption
+
+    dataset = ctx.output_of("ingest", "dataset")
+    result = run_caption(ctx.config, shards_root=dataset)
+    sidecars = ctx.storage.list(captions_dir(dataset, result.version), suffix=".parquet")
+    listing = [(uri.rsplit("/", 1)[-1], ctx.storage.size(uri)) for uri in sidecars]
+    return StageOutputs(
+        {"dataset": dataset, "caption_version": result.version},
+        fingerprint({"version": result.version, "sidecars": listing}),
+        result.run_id,
+        {"captioned": result.captioned, "failed": result.failed},
+    )
+
+
+def default_stages() -> list[StageSpec]:
+    specs = [
+        StageSpec(
+            "sample-data", run_sample_data,
+            config_keys=("pipeline.sample_clips",),
+            description="generate the sample corpus (embedded default)",
+            enabled=lambda cfg: cfg.pipeline.sample_data,
+        ),
+        StageSpec(
+            "ingest", run_ingest_stage, after=("sample-data",),
+            # ingest.execution (batching, threads, timeouts) changes speed, not shards.
+            config_keys=("ingest.inputs", "ingest.output", "ingest.filters", "ingest.captions",
+                         "ingest.sources", "ingest.cut", "ingest.shards"),
+            resources=Resources(cpus_per_task=1),
+            description="raw videos -> filtered >=720p WebDataset shards",
+        ),
+        StageSpec(
+            "caption", run_caption_stage, after=("ingest",),
+            # What the caption version hashes (+ post-processing); batch sizes and pools do not count.
+            config_keys=("caption.model", "caption.model_id", "caption.version_name", "caption.frames",
+                         "caption.prompt", "caption.sampling", "caption.postprocess"),
+            resources=Resources(cpus_per_task=1, gpus_per_worker=1),
+            description="recaption shards with Qwen2.5-VL into a versioned sidecar set",
+        ),
+    ]  # fmt: skip
+    return [s for s in specs if s.name in STAGE_ORDER]
+
+
+def pipeline_stages(config) -> list[StageSpec]:
+    """The stages the config's ``pipeline.stages`` selects, in pipeline order."""
+    wanted = set(config.pipeline.stages)
+    return [s for s in default_stages() if s.name in wanted]
