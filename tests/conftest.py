@@ -13,6 +13,11 @@ from pyratok.workflow import services
 # Tests never talk to a real cloud or a user's cluster, whatever the shell exports.
 for _var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
     os.environ.pop(_var, None)
+# Fake S3 credentials from the start: Ray workers snapshot the environment when the (session)
+# Ray starts, which may be before the moto server fixture runs (moto accepts any pair).
+for _var, _value in (("AWS_ACCESS_KEY_ID", "test-access-key"), ("AWS_SECRET_ACCESS_KEY", "test-secret-key"),
+                     ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+    os.environ[_var] = _value
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
