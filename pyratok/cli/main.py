@@ -41,6 +41,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("submit", "pyratok.cli.submit:submit"),
     ("jobs", "pyratok.cli.submit:jobs_app"),
     ("dev", "pyratok.cli.dev:app"),
+    ("train", "pyratok.cli.train:train"),
     ("caption", "pyratok.cli.caption:app"),
 ]
 

@@ -1,0 +1,324 @@
+"""The per-worker training loop that Ray Train runs on every rank.
+
+One loop for both strategies: build the model (fresh, or from the previous
+stage's exported tokenizer), wrap it in the strategy, restore the latest
+checkpoint if Ray Train hands one over (a recovery after a worker failure, or
+``--resume``), then stream batches until the stage's step count. Every
+``checkpoint.every_n_steps`` and at the end, every rank writes its part of a
+checkpoint and reports it; rank 0 logs metrics and samples to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyratok.core.logging import get_logger
+from pyratok.core.storage import Storage
+
+log = get_logger(__name__)
+
+
+@dataclass
+class TrainJob:
+    """Everything the workers need, resolved by the driver (picklable)."""
+
+    config: dict
+    """The resolved root config (``PyratokConfig.model_dump``) for this stage."""
+    stage: int
+    run_name: str
+    shards: list[str]
+    data_root: str
+    strategy: str
+    caption_version: str | None = None
+    init_model_uri: str | None = None
+    deepspeed_config: dict | None = None
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    torch_extensions_dir: str | None = None
+    extra_meta: dict = field(default_factory=dict)
+
+
+def to_model_input(video: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1] on the device."""
+    video = video.to(device, non_blocking=True)
+    return video.permute(0, 4, 1, 2, 3).to(dtype).div_(127.5).sub_(1.0)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(job: TrainJob, cfg, storage: Storage):
+    from pyratok.model import PyraTok
+
+    if job.init_model_uri:
+        # Architecture and weights from the previous stage; this stage's loss settings on top.
+        return PyraTok.from_pretrained(job.init_model_uri, storage=storage, **stage_model_overrides(cfg.model))
+    return PyraTok.from_config(cfg.model, storage=storage)
+
+
+def stage_model_overrides(model_cfg) -> dict:
+    """The parts of the model config a stage changes (loss toggles/weights, masking), for from_pretrained."""
+    data = model_cfg.model_dump()
+    return {k: data[k] for k in ("losses", "masking") if k in data}
+
+
+def worker_logging() -> None:
+    """Our loggers on stderr with the secrets filter, leaving the root logger alone: Ray Train
+    routes ``print`` (and so Ray's progress bars) through root, and a formatter there breaks them."""
+    import logging
+    import sys
+
+    from pyratok.core.secrets import SecretsFilter
+
+    logger = logging.getLogger("pyratok")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.addFilter(SecretsFilter())
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(os.environ.get("PYRATOK_LOG_LEVEL", "INFO"))
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+
+    worker_logging()
+    job: TrainJob = loop_config["job"]
+    from pyratok.config import PyratokConfig
+
+    cfg = PyratokConfig.model_validate(job.config)
+    train = cfg.train
+    stage = train.current()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if job.torch_extensions_dir:
+        os.environ["TORCH_EXTENSIONS_DIR"] = job.torch_extensions_dir
+    use_gpu = train.scaling.use_gpu and torch.cuda.is_available()
+    if use_gpu:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, int(train.scaling.cpus_per_worker)))
+
+    from pyratok.pipelines.train.checkpoint import (
+        RankState,
+        read_rank_state,
+        restore_rng,
+    )
+    from pyratok.pipelines.train.data import LoaderTracker, ReaderSpec, make_loader
+    from pyratok.pipelines.train.data import CaptionSource
+    from pyratok.pipelines.train.strategy import build_strategy
+
+    storage = Storage(cfg.storage)
+    seed_everything(train.seed)  # same initial weights on every rank
+    model = build_model(job, cfg, storage)
+    model.train()
+    strategy = build_strategy(
+        job.strategy, model, train, device=device, world_size=world, ds_config=job.deepspeed_config
+    )
+
+    state = RankState(step=0, micro_batches=0, loader_workers=train.data.loader_workers)
+    checkpoint = ray.train.get_checkpoint()
+    restored_from: Path | None = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            directory = Path(directory)
+            strategy.load(directory)
+            state = read_rank_state(directory, rank)
+            digest = strategy.optimizer_digest()
+            if state.optimizer_digest and digest != state.optimizer_digest:
+                raise RuntimeError(
+                    f"rank {rank}: optimizer state restored from {checkpoint.path} differs from what was saved "
+                    f"(digest {digest} != {state.optimizer_digest})"
+                )
+            state.restarts.append(state.step)
+            restored_from = Path(tempfile.mkdtemp(prefix="pyratok-rng-"))
+            shutil.copytree(directory / "train_state", restored_from / "train_state")
+        log.info("rank %d: resumed stage %d at step %d/%d from %s", rank, job.stage, state.step, stage.steps, checkpoint.path)
+
+    positions = state.positions if state.loader_workers == train.data.loader_workers else {}
+    if state.positions and not positions:
+        log.warning("loader processes changed (%d -> %d): the data stream restarts its epoch", state.loader_workers, train.data.loader_workers)
+    workers = max(1, train.data.loader_workers)
+    spec = ReaderSpec(
+        shards=job.shards,
+        storage=storage,
+        data=train.data,
+        resolution=stage.resolution,
+        frames=stage.frames,
+        batch_size=stage.batch_size,
+        spatial_multiple=int(getattr(model, "spatial_multiple", 16)),
+        temporal_multiple=int(getattr(model, "temporal_multiple", 4)),
+        seed=train.seed,
+        rank=rank,
+        world_size=world,
+        repeat=True,
+        captions=CaptionSource(job.data_root, job.caption_version) if job.caption_version else None,
+        start={int(k): v for k, v in positions.items()},
+        rotate=state.received % workers if positions else 0,
+    )
+    tracker = LoaderTracker(positions, state.events, state.received if positions else 0)
+    batches = iter(make_loader(spec, pin_memory=use_gpu))
+    # RNG after the loader started (it draws its workers' seeds): an uninterrupted run and a
+    # resumed one then draw the same masks from here on.
+    seed_everything(train.seed + 1000 * (rank + 1) + state.step)
+    if restored_from is not None:
+        restore_rng(restored_from, rank)
+        shutil.rmtree(restored_from, ignore_errors=True)
+
+    loop = StageLoop(job=job, cfg=cfg, strategy=strategy, model=model, rank=rank, world=world, device=device)
+    loop.run(state, batches, tracker)
+
+
+class StageLoop:
+    """Steps, logging cadence and checkpoints of one stage on one rank."""
+
+    def __init__(self, *, job: TrainJob, cfg, strategy, model, rank: int, world: int, device: torch.device):
+        from pyratok.pipelines.train.meter import StepMeter
+        from pyratok.pipelines.train.worker_tracking import RankZeroTracker
+
+        self.job, self.cfg, self.train = job, cfg, cfg.train
+        self.strategy, self.model = strategy, model
+        self.rank, self.world, self.device = rank, world, device
+        self.total = self.train.current().steps
+        self.meter = StepMeter(device)
+        self.tracker = RankZeroTracker(job.tracking_uri, job.mlflow_run_id) if rank == 0 else RankZeroTracker(None, None)
+        self.last_metrics: dict[str, float] = {}
+        self.bar = None
+
+    def _progress_bar(self, initial: int):
+        if self.rank != 0 or not self.train.tracking.progress_bar:
+            return None
+        try:
+            from ray.experimental.tqdm_ray import tqdm
+        except ImportError:  # pragma: no cover - older Ray
+            return None
+        bar = tqdm(total=self.total, desc=f"stage {self.job.stage}", unit="step")
+        if initial:
+            bar.update(initial)
+        return bar
+
+    def run(self, state, batches, loader) -> None:
+        cadence = self.train.tracking
+        every = self.train.checkpoint.every_n_steps
+        self.bar = self._progress_bar(state.step)
+        steps_since_log = 0
+        wait_started = time.perf_counter()
+        while state.step < self.total:
+            batch = next(batches)
+            if not loader.observe(batch):
+                continue
+            waited = time.perf_counter() - wait_started
+            video = to_model_input(batch["video"], self.device, self.strategy.input_dtype)
+            out = self.strategy.micro_step(video, batch["text"], progress=state.step / self.total)
+            self.meter.add_micro(out, clips=video.shape[0], data_wait=waited)
+            state.micro_batches += 1
+            stepped = self.strategy.step()
+            if stepped:
+                state.step += 1
+                steps_since_log += 1
+                if self.bar is not None:
+                    self.bar.update(1)
+                if state.step % cadence.log_every_n_steps == 0 or state.step == self.total:
+                    self._log(state, loader, steps_since_log)
+                    steps_since_log = 0
+                if self.rank == 0 and state.step % cadence.sample_every_n_steps == 0:
+                    self.tracker.sample(video[0], _first_recon(out), state.step, cadence.sample_frames)
+                if state.step % every == 0 or state.step == self.total:
+                    self._checkpoint(state, loader, final=state.step == self.total)
+            wait_started = time.perf_counter()
+        if self.bar is not None:
+            self.bar.close()
+
+    def _log(self, state, loader, steps: int) -> None:
+        metrics = self.meter.reduce(self.world, steps)  # collective
+        metrics["lr"] = self.strategy.lr
+        if self.strategy.grad_norm is not None:
+            metrics["grad_norm"] = self.strategy.grad_norm
+        epochs = [p.get("epoch", 0) for p in loader.positions.values()]
+        metrics["data/epoch"] = float(min(epochs)) if epochs else 0.0
+        skipped = _all_reduce_counts(loader.skipped(), self.world, self.device)
+        for reason, count in skipped.items():
+            metrics[f"data/skipped/{reason}"] = float(count)
+        self.last_metrics = metrics
+        if self.rank != 0:
+            return
+        self.tracker.metrics(metrics, state.step)
+        log.info(
+            "stage %d step %d/%d loss %.4f lr %.2e clips/s %.2f tokens/s %.0f",
+            self.job.stage, state.step, self.total, metrics.get("loss", float("nan")), metrics["lr"],
+            metrics["throughput/clips_per_s"], metrics["throughput/tokens_per_s"],
+        )  # fmt: skip
+        if self.bar is not None:
+            self.bar.set_description(
+                f"stage {self.job.stage} loss {metrics.get('loss', float('nan')):.4f} clips/s {metrics['throughput/clips_per_s']:.2f}"
+            )
+
+    def _checkpoint(self, state, loader, *, final: bool) -> None:
+        import ray.train
+
+        from pyratok.pipelines.train.checkpoint import MODEL_DIR, write_meta, write_rank_state
+
+        directory = Path(tempfile.mkdtemp(prefix=f"pyratok-ckpt-r{self.rank}-"))
+        try:
+            self.strategy.save(directory, self.rank)  # collective for DeepSpeed
+            state.positions = {str(k): v for k, v in loader.positions.items()}
+            state.received = loader.received
+            state.events = dict(loader.events)
+            state.optimizer_digest = self.strategy.optimizer_digest()
+            write_rank_state(directory, self.rank, state)
+            if self.train.checkpoint.export_model or final:
+                with self.strategy.full_weights():  # collective under ZeRO-3
+                    if self.rank == 0:
+                        self.model.save_pretrained(str(directory / MODEL_DIR))
+            if self.rank == 0:
+                write_meta(
+                    directory,
+                    {
+                        "stage": self.job.stage, "step": state.step, "steps": self.total, "final": final,
+                        "strategy": self.strategy.name, "world_size": self.world, "run_name": self.job.run_name,
+                        "mlflow_run_id": self.job.mlflow_run_id, "data": self.job.data_root,
+                        "caption_version": self.job.caption_version, "init_model_uri": self.job.init_model_uri,
+                        "restarts": state.restarts, "time": time.time(), **self.job.extra_meta,
+                    },
+                )  # fmt: skip
+            metrics = {"step": state.step, **{k: v for k, v in self.last_metrics.items()}}
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+                checkpoint_dir_name=f"checkpoint_step{state.step:07d}",
+            )
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _first_recon(out) -> torch.Tensor | None:
+    recon = getattr(out, "recon", None)
+    return recon[0] if recon is not None else None
+
+
+def _all_reduce_counts(counts: dict[str, int], world: int, device: torch.device) -> dict[str, int]:
+    """Sum skip counters over ranks; every rank must pass the same reason names, so use a fixed list."""
+    import torch.distributed as dist
+
+    from pyratok.pipelines.train.data import SKIP_REASONS
+
+    flat = torch.tensor([counts.get(r, 0) for r in SKIP_REASONS], dtype=torch.float64, device=device)
+    if world > 1 and dist.is_initialized():
+        dist.all_reduce(flat)
+    return {r: int(v) for r, v in zip(SKIP_REASONS, flat.tolist())}
