@@ -139,10 +139,23 @@ def client(address: str | None):
     return JobSubmissionClient(api_address(address))
 
 
-def submit(spec: JobSpec, address: str | None) -> str:
-    job_id = client(address).submit_job(
-        entrypoint=spec.entrypoint, runtime_env=spec.runtime_env, submission_id=spec.submission_id
-    )
+AGENT_NOT_READY = "No available agent"
+AGENT_WAIT_S = 120.0
+
+
+def submit(spec: JobSpec, address: str | None, *, agent_wait_s: float = AGENT_WAIT_S) -> str:
+    """Send the job; a cluster that just started answers before its job agent is up, so that
+    one condition is retried for ``agent_wait_s``."""
+    c = client(address)
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            job_id = c.submit_job(entrypoint=spec.entrypoint, runtime_env=spec.runtime_env, submission_id=spec.submission_id)
+            break
+        except RuntimeError as exc:
+            if AGENT_NOT_READY not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
     log.info("submitted %s to %s", job_id, strip_url_credentials(api_address(address)))
     return job_id
 
