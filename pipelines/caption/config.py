@@ -145,6 +145,8 @@ class CaptionConfig(StrictModel):
     num_cpus_per_actor: float = Field(1.0, gt=0)
     decode_num_cpus: float = Field(1.0, gt=0)
     """CPUs per frame-decoding task."""
+    decode_memory_mb: int = Field(512, ge=1)
+    """Memory reserved per decoding task (one shard's clips, decoded one at a time to small frames)."""
     decode_concurrency: int | None = None
     model_cache_dir: str | None = None
     """Where ``s3://`` models are downloaded. None: ``<work_dir>/model-cache``."""

@@ -205,13 +205,13 @@ def build_dataset(tasks: list[ShardTask], *, storage: Storage, cfg: CaptionConfi
 
     items = [{"shard": t.shard, "uri": t.uri, "keys": t.retry_keys} for t in tasks]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    decode_args = {"num_cpus": cfg.decode_num_cpus}
-    # Read + decode run as CPU tasks beside the model actors. Given as a ray_remote_args_fn so Ray Data
-    # does not fuse them into the actor (it would when resources match, e.g. CPU-only), which would
-    # serialise decoding with generation inside each actor.
+    # Read + decode run as CPU tasks beside the model actors. Their memory reservation also keeps Ray
+    # Data from fusing them into the actor (it fuses ops whose resource requests match, e.g. CPU-only),
+    # which would serialise decoding with generation inside each actor.
     ds = ds.flat_map(
         shard_frames, fn_kwargs={"storage": storage, "frames": cfg.frames, "spec": spec},
-        ray_remote_args_fn=lambda: dict(decode_args), compute=ray.data.TaskPoolStrategy(size=cfg.decode_concurrency),
+        num_cpus=cfg.decode_num_cpus, memory=cfg.decode_memory_mb * 1024 * 1024,
+        compute=ray.data.TaskPoolStrategy(size=cfg.decode_concurrency),
     )  # fmt: skip
     return ds.map_batches(
         CaptionWorker,
