@@ -35,7 +35,8 @@ def scrub_text(text: str) -> str:
 
 def redact(data: Any, key: str = "") -> Any:
     """A copy of ``data`` with sensitive keys and embedded credentials replaced by ``***``."""
-    if key and is_sensitive_key(key) and data not in (None, "", False):
+    # Numbers are never credentials: keeps counts like ``max_new_tokens`` or ``token_budget`` readable.
+    if key and is_sensitive_key(key) and data not in (None, "", False) and not isinstance(data, (int, float)):
         return REDACTED
     if isinstance(data, dict):
         return {k: redact(v, str(k)) for k, v in data.items()}
@@ -58,7 +59,9 @@ def strip_url_credentials(url: str) -> str:
 
 def secret_values() -> list[str]:
     """Values of credential-like environment variables, longest first."""
-    values = {v for k, v in os.environ.items() if is_sensitive_key(k) and v and len(v) >= _MIN_SECRET_LEN}
+    # Snapshot the keys first: other threads (e.g. MLflow telemetry) add/remove variables meanwhile.
+    found = ((k, os.environ.get(k)) for k in list(os.environ))
+    values = {v for k, v in found if v and is_sensitive_key(k) and len(v) >= _MIN_SECRET_LEN}
     return sorted(values, key=len, reverse=True)
 
 

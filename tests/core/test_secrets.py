@@ -16,6 +16,12 @@ def test_redact_sensitive_keys_and_url_credentials():
     assert "deadbeef" not in out["lists"][0]
 
 
+def test_numeric_settings_with_token_in_their_name_stay_readable():
+    out = redact({"caption": {"sampling": {"max_new_tokens": 16}}, "ar": {"token_budget": 2048, "token": "tok123456"}})
+    assert out["caption"]["sampling"]["max_new_tokens"] == 16 and out["ar"]["token_budget"] == 2048
+    assert out["ar"]["token"] == REDACTED
+
+
 def test_env_secret_values_are_scrubbed_from_text_and_logs(monkeypatch, caplog):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-xyz")
     assert "s3cr3t-value-xyz" not in scrub_text("key is s3cr3t-value-xyz")
