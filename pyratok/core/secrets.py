@@ -17,6 +17,7 @@ from urllib.parse import urlparse, urlunparse
 REDACTED = "***"
 SENSITIVE_KEY = re.compile(r"(secret|password|passwd|token|credential|access_key|session_key|api_key|private_key)", re.I)
 _SIGNED_QUERY = re.compile(r"([?&](X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId)=)[^&\s]+", re.I)
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _MIN_SECRET_LEN = 6  # shorter values would redact ordinary words
 
 
@@ -33,10 +34,17 @@ def scrub_text(text: str) -> str:
     return text
 
 
+def _is_number(value: Any) -> bool:
+    """Numbers (also as text, as params are logged) are never credentials: keeps counts like
+    ``max_new_tokens`` or ``token_budget`` readable."""
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, str) and bool(_NUMBER.match(value.strip()))
+
+
 def redact(data: Any, key: str = "") -> Any:
     """A copy of ``data`` with sensitive keys and embedded credentials replaced by ``***``."""
-    # Numbers are never credentials: keeps counts like ``max_new_tokens`` or ``token_budget`` readable.
-    if key and is_sensitive_key(key) and data not in (None, "", False) and not isinstance(data, (int, float)):
+    if key and is_sensitive_key(key) and data not in (None, "", False) and not _is_number(data):
         return REDACTED
     if isinstance(data, dict):
         return {k: redact(v, str(k)) for k, v in data.items()}

@@ -20,6 +20,7 @@ def test_numeric_settings_with_token_in_their_name_stay_readable():
     out = redact({"caption": {"sampling": {"max_new_tokens": 16}}, "ar": {"token_budget": 2048, "token": "tok123456"}})
     assert out["caption"]["sampling"]["max_new_tokens"] == 16 and out["ar"]["token_budget"] == 2048
     assert out["ar"]["token"] == REDACTED
+    assert redact({"caption.sampling.max_new_tokens": "16"}) == {"caption.sampling.max_new_tokens": "16"}
 
 
 def test_env_secret_values_are_scrubbed_from_text_and_logs(monkeypatch, caplog):
