@@ -100,7 +100,8 @@ class ShardCommitter:
     def __init__(self, storage: Storage, root: str, version: str, tasks: list[ShardTask], samples_to_keep: int):
         self.storage, self.root, self.version = storage, root, version
         self.tasks = {t.shard: t for t in tasks}
-        self.rows: dict[str, list[dict]] = defaultdict(list)
+        self.rows: dict[str, dict[str, dict]] = defaultdict(dict)
+        """shard -> key -> row (by key: a retried Ray task may deliver a row twice)."""
         self.expected: dict[str, int] = {}
         self.committed: set[str] = set()
         self.reasons: Counter = Counter()
@@ -110,7 +111,9 @@ class ShardCommitter:
 
     def add(self, row: dict) -> None:
         shard = row["shard"]
-        self.rows[shard].append(row)
+        if shard in self.committed or row["key"] in self.rows[shard]:
+            return
+        self.rows[shard][row["key"]] = row
         self.expected[shard] = int(row["expected"])
         self.clips += 1
         self.tokens += int(row["generated_tokens"])
@@ -127,16 +130,16 @@ class ShardCommitter:
     def finish(self) -> None:
         """Shards that produced no rows at all (empty tars) still get an (empty) sidecar."""
         for shard, task in self.tasks.items():
-            if shard not in self.committed and shard not in self.rows and not task.retry_keys:
+            if shard not in self.committed and not self.rows.get(shard) and not task.retry_keys:
                 self.commit(shard)
-        incomplete = [s for s in self.rows if s not in self.committed]
+        incomplete = [s for s, rows in self.rows.items() if rows and s not in self.committed]
         if incomplete:
             raise RuntimeError(f"shards with missing results (not committed, rerun resumes them): {incomplete}")
 
     def commit(self, shard: str) -> None:
         import pandas as pd
 
-        rows = self.rows.pop(shard, [])
+        rows = list(self.rows.pop(shard, {}).values())
         ok = pd.DataFrame([r for r in rows if not r["error"]], columns=sidecars.SIDECAR_COLUMNS)
         ok = ok.astype({"key": str, "caption": str, "fields": str, "generated_tokens": "int32", "truncated": bool, "frames": "int32"})
         stamp = sidecars.now_iso()

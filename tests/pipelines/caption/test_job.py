@@ -147,6 +147,7 @@ def rewrite_member(tar_path: Path, key: str, ext: str, data: bytes) -> bytes:
     return original
 
 
+@pytest.mark.slow
 def test_failure_ledger_and_retry_failed(ingested_dataset, ray_local, tiny_model, tmp_path):
     root = copy_dataset(ingested_dataset, tmp_path / "ds")
     storage = Storage()
@@ -184,7 +185,6 @@ def test_failure_ledger_and_retry_failed(ingested_dataset, ray_local, tiny_model
     assert all(after[k] == v for k, v in captions.items())
 
 
-@pytest.mark.slow
 def test_caption_job_on_s3(ingested_dataset, ray_local, tiny_model, tmp_path, s3_server, s3_bucket):
     storage = Storage(StorageConfig(endpoint_url=s3_server))
     root = f"{s3_bucket}/datasets/sample"
