@@ -124,4 +124,9 @@ def load_weights(model, tensors: dict[str, torch.Tensor], *, source: str) -> Non
         raise ValueError(f"{source}: checkpoint does not match the model config: "
                          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    state = model.state_dict()
+    wrong = [f"{k} {tuple(tensors[k].shape)} vs {tuple(state[k].shape)}" for k in sorted(expected)
+             if tensors[k].shape != state[k].shape]
+    if wrong:
+        raise ValueError(f"{source}: checkpoint shapes do not match the model config: {wrong[:3]}")
     model.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=False)

@@ -43,6 +43,9 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("dev", "pyratok.cli.dev:app"),
     ("train", "pyratok.cli.train:train"),
     ("caption", "pyratok.cli.caption:app"),
+    ("model", "pyratok.cli.model:model_app"),
+    ("tokenize", "pyratok.cli.model:tokenize"),
+    ("reconstruct", "pyratok.cli.model:reconstruct"),
 ]
 
 

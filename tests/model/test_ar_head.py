@@ -1,0 +1,122 @@
+"""AR head: aligned budgeted window, <Q-SEP> sequence, 16-bit BCE, gradients into the quantizer bits; HF backbone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pyratok.model.ar_head import ArHead, CausalTransformer, HfCausalBackbone
+from pyratok.model.ar_window import choose_window, worst_case_tokens
+from pyratok.model.config import ArHeadConfig
+from pyratok.model.grid import Grid
+from pyratok.model.lfq import sign_straight_through
+from pyratok.model.text_encoder import TextEmbedding
+
+GRIDS = [Grid(4, 1), Grid(8, 2), Grid(16, 4), Grid(16, 4)]
+
+
+def level_bits(frames=9, height=64, width=96, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for grid in GRIDS:
+        z = torch.randn(batch, *grid.shape(frames, height, width), 16, generator=g, requires_grad=True)
+        out.append(z)
+    return out
+
+
+def text(batch=2, length=5, dim=12):
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[0, 3:] = False
+    tokens = torch.randn(batch, length, dim)
+    return TextEmbedding(tokens=tokens, mask=mask, pooled=tokens.mean(1))
+
+
+@pytest.mark.parametrize("budget", [74, 150, 600, 10_000])
+def test_window_is_aligned_and_within_budget(budget):
+    coarse = GRIDS[-1].shape(9, 64, 96)  # (3, 4, 6)
+    for seed in range(5):
+        window = choose_window(coarse, GRIDS, budget, generator=torch.Generator().manual_seed(seed))
+        size = tuple(b - a for a, b in (window.frames, window.rows, window.cols))
+        assert worst_case_tokens(size, GRIDS) <= budget
+        assert all(0 <= a < b <= n for (a, b), n in zip((window.frames, window.rows, window.cols), coarse))
+        for grid in GRIDS:
+            ts, ys, xs = window.level_slices(grid, GRIDS[-1])
+            f_t, f_s = grid.ratio_to(GRIDS[-1])
+            # same pixels at every level
+            assert (ys.start * grid.stride, ys.stop * grid.stride) == (window.rows[0] * 16, window.rows[1] * 16)
+            assert (xs.start * grid.stride, xs.stop * grid.stride) == (window.cols[0] * 16, window.cols[1] * 16)
+            lo = 0 if window.frames[0] == 0 else 1 + f_t * (window.frames[0] - 1)
+            assert (ts.start, ts.stop) == (lo, 1 + f_t * (window.frames[1] - 1))
+    if budget >= worst_case_tokens(coarse, GRIDS):
+        full = choose_window(coarse, GRIDS, budget)
+        assert (full.frames, full.rows, full.cols) == ((0, 3), (0, 4), (0, 6))
+
+
+def test_budget_below_one_cell_is_rejected():
+    with pytest.raises(ValueError, match="smaller than one coarse cell"):
+        choose_window((3, 4, 6), GRIDS, 73)
+
+
+def make_head(max_text=4, budget=200):
+    cfg = ArHeadConfig(dim=32, layers=2, heads=4, token_budget=budget, max_text_tokens=max_text)
+    backbone = CausalTransformer(dim=32, layers=2, heads=4, mlp_ratio=2, dropout=0)
+    return ArHead(cfg=cfg, code_bits=16, text_dim=12, num_levels=4, backbone=backbone)
+
+
+def test_loss_is_per_token_sum_of_bit_bces_and_reaches_the_bits():
+    torch.manual_seed(0)
+    head = make_head().eval()
+    zs = level_bits()
+    bits = [sign_straight_through(z) for z in zs]
+    result = head(bits, GRIDS, text())
+    assert result.tokens <= 200
+    # an untrained head predicts ~0.5 per bit: about 16 ln 2 nats per token
+    assert abs(result.loss.item() - 16 * math.log(2)) < 3
+    result.loss.backward()
+    assert all(z.grad is not None and z.grad.abs().sum() > 0 for z in zs)
+
+
+def test_causal_transformer_does_not_look_ahead():
+    torch.manual_seed(0)
+    head = make_head(max_text=0).eval()
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    seq = torch.randn(1, 5, 32)
+    later_changed = seq.clone()
+    later_changed[:, 3:] += 1
+    out_a, out_b = head.backbone(seq, mask), head.backbone(later_changed, mask)
+    assert torch.allclose(out_a[:, :3], out_b[:, :3], atol=1e-6)
+    assert not torch.allclose(out_a[:, 3:], out_b[:, 3:])
+    # a padded key is invisible to everyone else
+    padded = mask.clone()
+    padded[0, 1] = False
+    noisy = seq.clone()
+    noisy[:, 1] += 5
+    out_c, out_d = head.backbone(seq, padded), head.backbone(noisy, padded)
+    assert torch.allclose(out_c[:, 2:], out_d[:, 2:], atol=1e-6)
+
+
+def test_left_padded_text_prefix_ends_right_before_bos():
+    head = make_head(max_text=4)
+    emb = text(length=5)
+    prefix, valid = head._text_prefix(emb, 2, torch.device("cpu"))
+    assert prefix.shape[:2] == (2, 4)
+    assert valid[0].tolist() == [False, True, True, True] and valid[1].all()
+    assert torch.allclose(prefix[0, 1:], head.text_in(emb.tokens[0, :3]))
+
+
+def test_hf_causal_lm_backbone(tmp_path):
+    from transformers import Qwen2Config, Qwen2Model
+
+    torch.manual_seed(0)
+    lm = Qwen2Model(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512))
+    cfg = ArHeadConfig(backend="hf", token_budget=200, max_text_tokens=4)
+    head = ArHead(cfg=cfg, code_bits=16, text_dim=12, num_levels=4, backbone=HfCausalBackbone(lm, trainable=False))
+    zs = level_bits()
+    result = head([sign_straight_through(z) for z in zs], GRIDS, text())
+    result.loss.backward()
+    assert torch.isfinite(result.loss)
+    assert all(p.grad is None for p in lm.parameters())  # frozen LM
+    assert head.bits_in.weight.grad is not None and zs[0].grad is not None
