@@ -14,15 +14,6 @@ from collections import defaultdict
 import torch
 
 
-def tokens_per_clip(pyramid) -> int:
-    """Token count of one clip's pyramid (all levels), from the TokenPyramid's level tensors."""
-    levels = getattr(pyramid, "tokens", None) or getattr(pyramid, "levels", None) or []
-    total = 0
-    for level in levels:
-        total += int(level[0].numel()) if level.dim() > 0 else 1
-    return total
-
-
 class StepMeter:
     def __init__(self, device: torch.device):
         self.device = device
@@ -44,7 +35,7 @@ class StepMeter:
             self.sums[name] += float(value.detach() if torch.is_tensor(value) else value)
         pyramid = getattr(out, "pyramid", None)
         if pyramid is not None:
-            self.tokens += tokens_per_clip(pyramid) * clips
+            self.tokens += int(pyramid.num_tokens) * clips
 
     def reduce(self, world_size: int, steps: int) -> dict[str, float]:
         """Collective: global averages and rates since the last call; then reset."""

@@ -174,18 +174,21 @@ class DDPStrategy(Strategy):
 
     def __init__(self, model: torch.nn.Module, train: TrainConfig, *, device: torch.device, world_size: int):
         super().__init__(model, device)
-        import ray.train.torch
-
         precision = train.strategy.precision
         self.autocast = device.type == "cuda" and precision in ("auto", "bf16")
         self.trainable = [p for p in model.trainable_parameters()]
         self.frozen_names = {n for n, p in model.named_parameters() if not p.requires_grad}
-        self.wrapped = ray.train.torch.prepare_model(
-            model,
-            move_to_device=device,
-            parallel_strategy="ddp" if world_size > 1 else None,
-            parallel_strategy_kwargs={"find_unused_parameters": train.strategy.find_unused_parameters},
-        )
+        if world_size > 1:
+            import ray.train.torch
+
+            self.wrapped = ray.train.torch.prepare_model(
+                model,
+                move_to_device=device,
+                parallel_strategy="ddp",
+                parallel_strategy_kwargs={"find_unused_parameters": train.strategy.find_unused_parameters},
+            )
+        else:  # one process (or outside Ray Train): nothing to synchronise
+            self.wrapped = model.to(device)
         optim = train.optim
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
