@@ -136,6 +136,13 @@ class ShardCommitter:
         if incomplete:
             raise RuntimeError(f"shards with missing results (not committed, rerun resumes them): {incomplete}")
 
+    def fill(self, result: "CaptionResult") -> None:
+        result.shards_committed = len(self.committed)
+        result.clips, result.captioned, result.failed = self.clips, self.captioned, self.failed
+        result.failure_reasons = dict(self.reasons)
+        result.generated_tokens = self.tokens
+        result.samples = self.samples
+
     def commit(self, shard: str) -> None:
         import pandas as pd
 
@@ -192,6 +199,17 @@ def ensure_version_record(storage: Storage, root: str, cfg: CaptionConfig, versi
     return record
 
 
+def prepare_model(cfg: CaptionConfig, storage: Storage, work_dir: str) -> str:
+    """Where the workers load the model from (built first for ``tiny``); fails fast when it is not there."""
+    if not cfg.model:
+        raise ValueError("caption.model is not set: pass --model DIR_OR_URI (or set caption.model in the config)")
+    if cfg.model == TINY_MODEL:
+        ensure_tiny_model(work_dir)
+    location = model_location(cfg.model, work_dir)
+    check_model(storage, location)
+    return location
+
+
 def actor_pool(concurrency: int | tuple[int, int]):
     """A fixed pool for an int, an autoscaling one for ``(min, max)``."""
     import ray.data
@@ -245,18 +263,12 @@ def run_caption(
     from pyratok.core.tracking import stage_run
 
     updates = {k: v for k, v in (("model", model), ("backend", backend)) if v}
-    ccfg = cfg.caption.model_copy(update=updates) if updates else cfg.caption
-    ccfg = CaptionConfig.model_validate(ccfg.model_dump())
+    ccfg = CaptionConfig.model_validate({**cfg.caption.model_dump(), **updates})
     cfg = cfg.model_copy(update={"caption": ccfg})
     storage = Storage(cfg.storage)
     root = sidecars.resolve_dataset_root(storage, shards_root)
     version = version_id(ccfg)
-    location = model_location(ccfg.model or "", cfg.work_dir) if ccfg.model else ""
-    if not ccfg.model:
-        model_identity(ccfg)  # raises the "caption.model is not set" error
-    if ccfg.model == TINY_MODEL:
-        ensure_tiny_model(cfg.work_dir)
-    check_model(storage, location)
+    location = prepare_model(ccfg, storage, cfg.work_dir)
     backend_name = resolve_backend(ccfg.backend, num_gpus_per_actor=ccfg.num_gpus_per_actor)
     spec = VisionSpec.from_storage(storage, location)
     record = ensure_version_record(storage, root, ccfg, version, location, backend_name)
@@ -284,11 +296,7 @@ def run_caption(
                     committer.add(row)
             committer.finish()
             result.wall_s = time.perf_counter() - started
-            result.shards_committed = len(committer.committed)
-            result.clips, result.captioned, result.failed = committer.clips, committer.captioned, committer.failed
-            result.failure_reasons = dict(committer.reasons)
-            result.generated_tokens = committer.tokens
-            result.samples = committer.samples
+            committer.fill(result)
         if run is not None:
             _log_run(result, record, storage, root)
     log.info(
