@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from pyratok.core.storage import Storage
 from pyratok.pipelines.caption.backends import VideoClip, resolve_backend
 from pyratok.pipelines.caption.backends.hf import TransformersBackend
 from pyratok.pipelines.caption.backends.vllm import VllmBackend, engine_args, sampling_args
