@@ -40,7 +40,7 @@ class FrameSample:
     source_fps: float
     source_frames: int
     source_size: tuple[int, int]
-    """(height, width) of the clip."""
+    """(height, width) of the clip as displayed (rotation metadata applied)."""
 
     @property
     def sample_fps(self) -> float:
@@ -104,21 +104,27 @@ def decode_frame_sample(source: bytes | str | Path, cfg: FrameSamplingConfig, sp
             raise DecodeError("undecodable", "cannot determine the number of frames")
         num = plan_num_frames(total, fps, cfg, spec)
         wanted = plan_indices(total, num)
-        out_h, out_w = target_size(height, width, num, spec, cfg)
 
         frames: list[np.ndarray] = []
         indices: list[int] = []
         times: list[float] = []
         first_time: float | None = None
+        quarter_turns = 0
         wanted_list = wanted.tolist()
         cursor = 0
         try:
             for index, frame in enumerate(container.decode(stream)):
                 if first_time is None:
                     first_time = float(frame.time or 0.0)
+                    # Phone clips carry a display rotation: the model must see them upright, as players do.
+                    quarter_turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+                    if quarter_turns % 2:
+                        height, width = width, height
+                    out_h, out_w = target_size(height, width, num, spec, cfg)
+                    coded_h, coded_w = (out_w, out_h) if quarter_turns % 2 else (out_h, out_w)
                 while cursor < len(wanted_list) and wanted_list[cursor] == index:
-                    rgb = frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation="BICUBIC")
-                    frames.append(rgb.to_ndarray())
+                    rgb = frame.reformat(width=coded_w, height=coded_h, format="rgb24", interpolation="BICUBIC")
+                    frames.append(np.ascontiguousarray(np.rot90(rgb.to_ndarray(), quarter_turns)))
                     indices.append(index)
                     times.append(float(frame.time or 0.0) - first_time)
                     cursor += 1

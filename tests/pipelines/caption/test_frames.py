@@ -91,3 +91,23 @@ def test_corrupt_and_videoless_inputs_raise_with_a_reason(tmp_path, clip_720p):
         assert sample.frames.shape[0] >= 1
     except DecodeError as exc:
         assert exc.reason == "undecodable"
+
+
+def test_rotated_phone_clip_is_sampled_upright(tmp_path):
+    """A display-rotation tag (as phones write) is applied, exactly as ffmpeg's autorotate shows the clip."""
+    src = make_clip(tmp_path / "landscape.mp4", width=448, height=252, fps=8, seconds=1)
+    rotated = tmp_path / "rotated.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(src), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+                    str(rotated)], check=True)  # fmt: skip
+    cfg = FrameSamplingConfig(fps=2.0, min_frames=2, max_frames=2, min_pixels=3136, max_pixels=252 * 448)
+    sample = decode_frame_sample(rotated.read_bytes(), cfg, SPEC)
+    assert sample.source_size == (448, 252)
+    h, w = sample.frames.shape[1:3]
+    assert h > w
+    # ffmpeg's own upright rendering of frame 0, scaled to the same size, matches ours.
+    raw = subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-i", str(rotated), "-frames:v", "1", "-vf", f"scale={w}:{h}:flags=bicubic",
+         "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    upright = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
+    assert np.abs(upright.astype(int) - sample.frames[0].astype(int)).mean() < 2
