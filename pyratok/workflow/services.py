@@ -62,33 +62,48 @@ class Service:
     log: str
     env: dict[str, str] = field(default_factory=dict)
     """Environment a client needs (values may be secrets: print names, not values, unless asked)."""
+    terminate_group: bool = True
+    """SIGTERM the whole process group (mlflow's server workers), or only the leader, which then
+    stops its own children (``ray start --block`` drains; a group SIGTERM races that)."""
 
     def alive(self) -> bool:
         try:
             os.kill(self.pid, 0)
         except (ProcessLookupError, PermissionError):
             return False
-        return True
+        try:  # a zombie (exited, not yet reaped by its parent) is not alive
+            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return True
 
-    def stop(self, timeout_s: float = 20) -> None:
-        """SIGTERM the service's process group, SIGKILL what is left after ``timeout_s``."""
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM (the group or the leader, see ``terminate_group``), wait for the whole group
+        to be gone, then SIGKILL whatever is left of it."""
         try:
-            os.killpg(self.pid, signal.SIGTERM)
+            if self.terminate_group:
+                os.killpg(self.pid, signal.SIGTERM)
+            else:
+                os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
+            pass
+        if self._wait_group_gone(timeout_s):
             return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.pid, 0)
-            except ProcessLookupError:
-                return
-            _reap(self.pid)
-            time.sleep(0.2)
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
-            pass
-        _reap(self.pid)
+            return
+        self._wait_group_gone(10)
+
+    def _wait_group_gone(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            _reap(self.pid)
+            try:
+                os.killpg(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.1)
+        return False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,7 +181,7 @@ def start_ray_head(
     clients through ``RAY_AUTH_TOKEN_PATH``, never as a value.
     """
     root.mkdir(parents=True, exist_ok=True)
-    gcs_port, dash_port, client_port = free_port(), free_port(), free_port()
+    gcs_port, dash_port, client_port, agent_port = free_port(), free_port(), free_port(), free_port()
     ray_env = dict(env or {})
     client_env: dict[str, str] = {}
     if auth:
@@ -186,6 +201,7 @@ def start_ray_head(
         "--node-ip-address", LOOPBACK, "--port", str(gcs_port),
         "--dashboard-host", LOOPBACK, "--dashboard-port", str(dash_port),
         "--ray-client-server-port", str(client_port), "--temp-dir", str(temp_dir),
+        "--dashboard-agent-listen-port", str(agent_port),
     ]  # fmt: skip
     if num_cpus is not None:
         args += ["--num-cpus", str(num_cpus)]
@@ -194,10 +210,12 @@ def start_ray_head(
     headers = {"Authorization": f"Bearer {(root / 'ray-token').read_text()}"} if auth else None
     try:
         wait_http(f"{url}/api/version", 120, proc=proc, headers=headers)
+        # Jobs are handed to the node's dashboard agent, which starts after the dashboard.
+        wait_http(f"http://{LOOPBACK}:{agent_port}/api/local_raylet_healthz", 180, proc=proc, headers=headers)
     except Exception:
-        Service("ray", url, proc.pid, str(root / "ray.log")).stop()
+        Service("ray", url, proc.pid, str(root / "ray.log"), terminate_group=False).stop()
         raise
     # Drivers (ray.init) use the GCS address; the Jobs API client uses the dashboard URL.
     client_env["RAY_ADDRESS"] = f"{LOOPBACK}:{gcs_port}"
     client_env["RAY_API_SERVER_ADDRESS"] = url
-    return Service("ray", url, proc.pid, str(root / "ray.log"), client_env)
+    return Service("ray", url, proc.pid, str(root / "ray.log"), client_env, terminate_group=False)

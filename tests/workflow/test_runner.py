@@ -31,7 +31,7 @@ class Recorder:
         self.calls.append(("b", ctx.resume))
         if self.fail_b:
             raise RuntimeError("b broke")
-        text = ctx.storage.read_text(ctx.output_of("a", "file")) + f"|b:{ctx.config.pipeline.sample_data}"
+        text = ctx.storage.read_text(ctx.output_of("a", "file")) + f"|b:{ctx.config.caption.version_name}"
         with stage_run(ctx.config.tracking, ctx.config.work_dir, "b") as run:
             uri = join(ctx.root, "b.txt")
             ctx.storage.write_text(uri, text)
@@ -47,7 +47,7 @@ class Recorder:
     def specs(self) -> list[StageSpec]:
         return [
             StageSpec("a", self.a, config_keys=("pipeline.sample_clips",)),
-            StageSpec("b", self.b, after=("a",), config_keys=("pipeline.sample_data",)),
+            StageSpec("b", self.b, after=("a",), config_keys=("caption.version_name",)),
             StageSpec("c", self.c, after=("b",)),
         ]
 
@@ -57,9 +57,9 @@ class Recorder:
         return out
 
 
-def config(tmp_path, **pipeline):
+def config(tmp_path, sample_clips=0, version_name="v1"):
     sets = [f"work_dir={tmp_path}", f"pipeline.root={tmp_path / 'root'}", "tracking.experiment=wf"]
-    sets += [f"pipeline.{k}={v}" for k, v in pipeline.items()]
+    sets += [f"pipeline.sample_clips={sample_clips}", f"caption.version_name={version_name}"]
     return load("local", sets)
 
 
@@ -70,7 +70,7 @@ def test_second_run_skips_everything_and_a_config_change_reruns_exactly_the_affe
     PipelineRunner(config(tmp_path, sample_clips=2), rec.specs()).run()
     assert rec.names() == []
     # b's key changed: b reruns, and c because b's output changed; a does not.
-    PipelineRunner(config(tmp_path, sample_clips=2, sample_data=True), rec.specs()).run()
+    PipelineRunner(config(tmp_path, sample_clips=2, version_name="v2"), rec.specs()).run()
     assert rec.names() == ["b", "c"]
 
 
@@ -123,7 +123,7 @@ def test_unknown_stage_and_missing_upstream_are_clear_errors(tmp_path):
 
 def test_lineage_is_queryable_through_mlflow(tmp_path):
     rec = Recorder()
-    runner = PipelineRunner(config(tmp_path, sample_data=True), rec.specs())
+    runner = PipelineRunner(config(tmp_path), rec.specs())
     runner.run()
     state = runner.load()
     b = state.stages["b"]

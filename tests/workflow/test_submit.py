@@ -6,11 +6,12 @@ import os
 import subprocess
 import sys
 
-import pandas as pd
+import mlflow
 import pytest
 
 from pyratok.config import load
-from pyratok.workflow import services
+from pyratok.core.storage import Storage
+from pyratok.workflow import devstack
 from pyratok.workflow.submit import JOB_CONFIG, SubmitError, build_job, client, describe, submit_stage, wait
 
 SECRET = "not-a-real-secret-but-keep-it-out-of-logs"
@@ -45,31 +46,48 @@ def test_bad_submissions_say_why(tmp_path, stage, args, env, message):
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    head = services.start_ray_head(tmp_path_factory.mktemp("ray-head"), num_cpus=2, auth=True)
-    yield head
-    head.stop()
+def dev_stack(tmp_path_factory):
+    """`pyratok dev up`: S3 (moto), MLflow server with artifacts in that S3, Ray head with token auth."""
+    root = tmp_path_factory.mktemp("devstack")
+    stack = {s.name: s for s in devstack.up(root, num_cpus=2)}
+    yield stack
+    assert sorted(devstack.down(root)) == ["mlflow", "ray", "s3"]
+    assert not any(s.alive() for s in stack.values())
+
+
+@pytest.fixture
+def ray_head(dev_stack):
+    return dev_stack["ray"]
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_ingest_job_submitted_to_a_ray_head_succeeds(ray_head, sample_corpus, tmp_path, monkeypatch):
-    for key, value in ray_head.env.items():
+def test_ingest_job_from_s3_to_s3_through_the_jobs_api(dev_stack, sample_corpus, tmp_path, monkeypatch):
+    env = devstack.env_exports(list(dev_stack.values()))
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    out = tmp_path / "dataset"
+    storage = Storage()
+    storage.upload_dir(sample_corpus, f"s3://{devstack.DEV_BUCKET}/raw")
+    out = f"s3://{devstack.DEV_BUCKET}/dataset"
     cfg = load("local", [f"work_dir={tmp_path / 'work'}", "tracking.experiment=jobs-test"])
     job_id = submit_stage(
-        "ingest", ["--inputs", str(sample_corpus / "inputs.yaml"), "--output", str(out)],
-        config=cfg, address=ray_head.url, env_names=["AWS_SECRET_ACCESS_KEY"],
+        "ingest", ["--inputs", f"s3://{devstack.DEV_BUCKET}/raw/inputs.yaml", "--output", out],
+        config=cfg, address=None,  # RAY_API_SERVER_ADDRESS from `dev env`
+        env_names=["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
     )  # fmt: skip
-    status = wait(job_id, ray_head.url, timeout_s=600)
-    logs = client(ray_head.url).get_job_logs(job_id)
+    status = wait(job_id, None, timeout_s=600)
+    logs = client(None).get_job_logs(job_id)
     assert status == "SUCCEEDED", logs[-4000:]
-    assert SECRET not in logs
-    manifest = pd.read_parquet(out / "manifest.parquet")
-    assert len(manifest) > 0 and (out / "rejects.parquet").exists()
-    assert client(ray_head.url).get_job_info(job_id).entrypoint.startswith("python -m pyratok.cli.main ingest")
+    assert env["AWS_SECRET_ACCESS_KEY"] not in logs
+    manifest = storage.read_parquet(f"{out}/manifest.parquet")
+    assert len(manifest) > 0 and storage.exists(f"{out}/rejects.parquet")
+    # The job tracked into the dev MLflow server (forwarded by name), artifacts in S3.
+    mlflow_client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = mlflow_client.get_experiment_by_name("jobs-test")
+    (run,) = mlflow_client.search_runs([exp.experiment_id])
+    assert run.data.params["ingest.output"] == out
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert storage.list(f"s3://{devstack.DEV_BUCKET}/mlflow-artifacts")
 
 
 def test_unauthenticated_clients_are_refused(ray_head):
