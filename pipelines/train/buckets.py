@@ -64,6 +64,12 @@ def snap(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
+def bucket_size(side: int, bucket: Bucket, multiple: int) -> tuple[int, int]:
+    """(height, width) of a square-equivalent ``side`` in a bucket, on the model's grid."""
+    root = math.sqrt(bucket.ratio)
+    return snap(side / root, multiple), snap(side * root, multiple)
+
+
 def draw_geometry(
     rng: random.Random,
     bucket: Bucket,
@@ -75,11 +81,14 @@ def draw_geometry(
     min_source_frames: int,
     frame_stride: int = 1,
     max_side: float | None = None,
+    batch: int = 1,
+    max_voxels: int | None = None,
 ) -> Geometry | None:
     """One batch's shape, or None when even the shortest length does not fit the batch's clips.
 
     ``max_side`` (the batch's smallest square-equivalent source size) caps the side when
-    upscaling is off; the smallest side of the range is always allowed.
+    upscaling is off; ``max_voxels`` caps ``batch x T x H x W`` (activation memory grows with it).
+    The smallest side and length of the range are always allowed.
     """
     lengths = [f for f in frames.choices() if frames_needed(f, frame_stride) <= min_source_frames]
     lengths = [f for f in lengths if (f - 1) % temporal_multiple == 0]
@@ -88,11 +97,16 @@ def draw_geometry(
     sides = resolution.sides()
     if max_side is not None:
         sides = [s for s in sides if s <= max_side] or sides[:1]
+
+    def voxels(side: int, length: int) -> int:
+        height, width = bucket_size(side, bucket, spatial_multiple)
+        return batch * length * height * width
+
+    if max_voxels:
+        sides = [s for s in sides if voxels(s, lengths[0]) <= max_voxels] or sides[:1]
     side = rng.choice(sides)
+    if max_voxels:
+        lengths = [f for f in lengths if voxels(side, f) <= max_voxels] or lengths[:1]
     length = rng.choice(lengths)
-    root = math.sqrt(bucket.ratio)
-    return Geometry(
-        frames=length,
-        height=snap(side / root, spatial_multiple),
-        width=snap(side * root, spatial_multiple),
-    )
+    height, width = bucket_size(side, bucket, spatial_multiple)
+    return Geometry(frames=length, height=height, width=width)

@@ -120,6 +120,9 @@ class DataSection(StrictModel):
     portrait: bool = True
     upscale: bool = True
     """Allow drawing a side larger than a batch's smallest clip (False: cap at the clip's own size)."""
+    max_voxels_per_batch: int | None = Field(None, ge=1)
+    """Cap on batch x T x H x W per micro-batch (activation memory is linear in it; see
+    infra/training/README.md). Draws that exceed it take a smaller side, then fewer frames. None: no cap."""
     frame_stride: int = Field(1, ge=1)
     """Take every n-th frame (1 = native frame rate)."""
     shuffle_buffer: int = Field(256, ge=1)

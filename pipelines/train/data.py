@@ -260,6 +260,8 @@ class ClipStream(IterableDataset):
             min_source_frames=min(c.frames for c in members),
             frame_stride=spec.data.frame_stride,
             max_side=None if spec.data.upscale else smallest,
+            batch=len(members),
+            max_voxels=spec.data.max_voxels_per_batch,
         )
         if geometry is None:  # parse() keeps clips shorter than the stage minimum out; belt and braces
             for clip in members:

@@ -248,6 +248,8 @@ class StageLoop:
     def _log(self, state, loader, steps: int) -> None:
         metrics = self.meter.reduce(self.world, steps)  # collective
         metrics["lr"] = self.strategy.lr
+        if self.device.type == "cuda":
+            metrics["memory/peak_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.strategy.grad_norm is not None:
             metrics["grad_norm"] = self.strategy.grad_norm
         epochs = [p.get("epoch", 0) for p in loader.positions.values()]

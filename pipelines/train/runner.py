@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from pyratok.core.config import ConfigError
 from pyratok.core.logging import get_logger
 from pyratok.core.storage import Storage, is_s3, join
 
@@ -98,6 +97,7 @@ def run_training(
         INIT_RUN_TAG,
         MODEL_DIR,
         MODEL_URI_TAG,
+        RUN_ID,
         read_latest,
         resolve_init_from,
         write_latest,
@@ -118,10 +118,6 @@ def run_training(
     version = resolve_caption_version(storage, data, caption_version)
     ds_config = load_deepspeed_config(train) if train.strategy.name == "deepspeed" else None
     storage_path = default_storage_path(cfg)
-    tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.work_dir) if cfg.tracking.enabled else None
-    if tracking_uri:
-        configure(cfg.tracking, cfg.work_dir)  # also lets --init-from look up a run id
-
     previous: dict = {}
     if resume:
         previous = read_latest(storage, storage_path, stage)
@@ -130,6 +126,9 @@ def run_training(
         run_name = previous["run_name"]
         init_from = init_from or previous.get("init_from")
     run_name = run_name or f"stage{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
+    tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.work_dir) if cfg.tracking.enabled else None
+    if tracking_uri and init_from and RUN_ID.match(str(init_from).strip()):
+        configure(cfg.tracking, cfg.work_dir)  # --init-from names a run: look it up in this store
     init = resolve_init_from(storage, init_from) if init_from else None
     if init is not None and not _model_exists(storage, init.model_uri):
         raise FileNotFoundError(f"--init-from: exported model {init.model_uri} does not exist")
@@ -291,4 +290,4 @@ def _log_outputs(storage: Storage, out: TrainResult, log_model: bool, checkpoint
             client.log_artifacts(out.mlflow_run_id, local, "model")
 
 
-__all__ = ["TrainResult", "run_training", "ConfigError"]
+

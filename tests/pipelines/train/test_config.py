@@ -128,3 +128,8 @@ def test_buckets_and_geometry():
                            min_source_frames=97, max_side=700)  # fmt: skip
     assert math.sqrt(capped.width * capped.height) <= 700
     assert draw_geometry(seeded_rng(1), buckets[0], resolution=res, frames=frames, spatial_multiple=16, min_source_frames=10) is None
+    budget = 4 * 33 * 768 * 768
+    for seed in range(20):
+        g = draw_geometry(seeded_rng(seed), buckets[0], resolution=res, frames=frames, spatial_multiple=16,
+                          min_source_frames=97, batch=4, max_voxels=budget)  # fmt: skip
+        assert 4 * g.frames * g.height * g.width <= budget

@@ -11,7 +11,7 @@ import torch
 
 from pyratok.core.storage import Storage
 from pyratok.pipelines.train.config import DataSection, FrameRange, ResolutionRange
-from pyratok.pipelines.train.data import ClipStream, LoaderTracker, ReaderSpec, find_shards, make_loader
+from pyratok.pipelines.train.data import LoaderTracker, ReaderSpec, find_shards, make_loader
 from tests.pipelines.train.conftest import CORRUPT_SHARD, GOOD_COPY_KEY, NO_META_KEY, TRUNCATED_KEY, shard_members
 
 

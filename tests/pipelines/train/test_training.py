@@ -49,7 +49,7 @@ def stage1(ray_local, mlflow_server, train_dataset, tmp_path_factory):
     return result
 
 
-def test_three_stages_deepspeed_ddp_chain_with_mlflow(stage1, mlflow_server, train_dataset, tmp_path):
+def test_three_stages_deepspeed_ddp_chain_with_mlflow(stage1, mlflow_server, train_dataset, s3_server, s3_bucket, s3_storage, tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
@@ -67,11 +67,18 @@ def test_three_stages_deepspeed_ddp_chain_with_mlflow(stage1, mlflow_server, tra
     assert stage2.steps == 2 and stage2.init_from_run_id == stage1.mlflow_run_id
     assert Path(stage2.checkpoint_uri, "state", "optimizer.pt").is_file()
 
-    # stage 3 (DeepSpeed) starts from stage 2's checkpoint folder
-    overrides3 = [*tiny_train_overrides(tmp_path / "s3", 3, steps=2, tracking_uri=mlflow_server), LR]
+    # stage 3 (DeepSpeed) starts from stage 2's checkpoint folder; shards stream from S3 and
+    # Ray Train writes its checkpoints to S3 (the cluster layout, on the moto server)
+    for shard in sorted((train_dataset / "shards").glob("*.tar")):
+        s3_storage.upload(shard, f"{s3_bucket}/data/shards/{shard.name}")
+    overrides3 = [*tiny_train_overrides(tmp_path / "s3", 3, steps=2, tracking_uri=mlflow_server), LR,
+                  f"storage.endpoint_url={s3_server}", f"train.checkpoint.storage_path={s3_bucket}/checkpoints"]  # fmt: skip
     cfg3 = load_stage_config("local", 3, overrides3)
-    stage3 = run_training(cfg3, stage=3, data=str(train_dataset), init_from=stage2.checkpoint_uri, overrides=overrides3)
+    stage3 = run_training(cfg3, stage=3, data=f"{s3_bucket}/data", init_from=stage2.checkpoint_uri, overrides=overrides3)
     assert stage3.steps == 2 and stage3.init_from_run_id == stage2.mlflow_run_id
+    assert stage3.checkpoint_uri.startswith(f"{s3_bucket}/checkpoints/") and stage3.model_uri.startswith("s3://")
+    assert s3_storage.exists(f"{stage3.model_uri}/model.safetensors")
+    assert stage3.skipped.get("bad_metadata", 0) >= 1
 
     # stage 2 really started from stage 1's weights (not from a fresh init)
     from pyratok.model import PyraTok
@@ -92,7 +99,7 @@ def test_three_stages_deepspeed_ddp_chain_with_mlflow(stage1, mlflow_server, tra
         assert run.info.status == "FINISHED"
         params = run.data.params
         assert params["train.stage"] == str(stage) and params["train.optim.lr"] == "0.001"
-        assert params["run.stage"] == str(stage) and params["run.data"] == str(train_dataset)
+        assert params["run.stage"] == str(stage) and params["run.data"] in (str(train_dataset), f"{s3_bucket}/data")
         metrics = run.data.metrics
         for name in ("loss", "loss/l1", "loss/commitment", "loss/drift", "lr", "throughput/clips_per_s",
                      "throughput/tokens_per_s", "data/skipped/decode_error", *(f"codebook_usage/level{i}" for i in range(1, 5))):
