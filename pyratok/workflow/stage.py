@@ -68,9 +68,12 @@ class StageSpec:
     resources: Resources = Resources()
     description: str = ""
     enabled: Callable[["PyratokConfig"], bool] = lambda cfg: True
+    resolve: Callable[["PyratokConfig"], "PyratokConfig"] = lambda cfg: cfg
+    """The config this stage actually runs with (e.g. a training stage's overlay merged in),
+    so its fingerprint sees exactly what decides its result."""
 
     def config_values(self, config: "PyratokConfig") -> dict[str, Any]:
-        data = config.model_dump(mode="json")
+        data = self.resolve(config).model_dump(mode="json")
         out: dict[str, Any] = {}
         for key in self.config_keys:
             node: Any = data

@@ -71,6 +71,65 @@ def run_caption_stage(ctx: StageContext) -> StageOutputs:
     )
 
 
+# -- train stages 1..3 ----------------------------------------------------------
+def _training_stage(stage: int):
+    def run(ctx: StageContext) -> StageOutputs:
+        from pyratok.pipelines.train.checkpoint import latest_pointer_uri
+        from pyratok.pipelines.train.runner import default_storage_path, run_training
+
+        if "caption" in ctx.upstream:
+            data, version = ctx.output_of("caption", "dataset"), ctx.output_of("caption", "caption_version")
+        else:
+            data, version = ctx.output_of("ingest", "dataset"), None
+        init_from = ctx.output_of(f"train{stage - 1}", "checkpoint") if stage > 1 else None
+        cfg = _with_checkpoints_under_root(ctx)
+        # Resume only what actually started: a stage that failed before training has no run to resume.
+        resume = ctx.resume and ctx.storage.exists(latest_pointer_uri(default_storage_path(cfg), stage))
+        result = run_training(cfg, stage=stage, data=data, caption_version=version, init_from=init_from, resume=resume)
+        return StageOutputs(
+            {"checkpoint": result.checkpoint_uri, "model": result.model_uri, "steps": str(result.steps)},
+            fingerprint({"checkpoint": result.checkpoint_uri, "steps": result.steps}),
+            result.mlflow_run_id,
+            {"steps": float(result.steps)},
+        )
+
+    return run
+
+
+def _with_checkpoints_under_root(ctx: StageContext):
+    """Training checkpoints live with the pipeline's other outputs unless the preset says otherwise."""
+    if ctx.config.train.checkpoint.storage_path:
+        return ctx.config
+    from pyratok.core.config import apply_overrides
+
+    data = apply_overrides(ctx.config.model_dump(mode="json"), [f"train.checkpoint.storage_path={join(ctx.root, 'checkpoints')}"])
+    return type(ctx.config).model_validate(data)
+
+
+def _stage_resolver(stage: int):
+    def resolve(cfg):
+        from pyratok.pipelines.train.stages import stage_config
+
+        return stage_config(cfg, stage)
+
+    return resolve
+
+
+def _training_spec(stage: int) -> StageSpec:
+    previous = (f"train{stage - 1}",) if stage > 1 else ()
+    return StageSpec(
+        f"train{stage}", _training_stage(stage), after=("ingest", "caption", *previous),
+        # What decides the weights: the model, this stage's scale, data/optimiser/schedule/strategy
+        # and world size. Checkpoint cadence, logging and failure handling do not count, nor do
+        # the other stages' scales.
+        config_keys=("model", f"train.stages.stage{stage}", "train.seed", "train.scaling", "train.data",
+                     "train.optim", "train.schedule", "train.strategy"),
+        resources=Resources(gpus_per_worker=1, workers="train.scaling.num_workers"),
+        description=f"PyraTok training stage {stage}",
+        resolve=_stage_resolver(stage),
+    )  # fmt: skip
+
+
 def default_stages() -> list[StageSpec]:
     specs = [
         StageSpec(
@@ -95,6 +154,7 @@ def default_stages() -> list[StageSpec]:
             resources=Resources(cpus_per_task=1, gpus_per_worker=1),
             description="recaption shards with Qwen2.5-VL into a versioned sidecar set",
         ),
+        *(_training_spec(k) for k in (1, 2, 3)),
     ]  # fmt: skip
     return [s for s in specs if s.name in STAGE_ORDER]
 
