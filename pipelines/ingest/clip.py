@@ -16,16 +16,13 @@ from pyratok.pipelines.ingest import reasons
 from pyratok.pipelines.ingest.config import CutConfig
 from pyratok.pipelines.ingest.probe import VideoInfo
 from pyratok.pipelines.ingest.process import CommandTimeout, run_command
-from pyratok.pipelines.ingest.reasons import Rejection
+from pyratok.pipelines.ingest.reasons import RejectError, Rejection
 
 CutMode = Literal["whole", "remux", "copy", "reencode"]
 
 
-class CutError(RuntimeError):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+class CutError(RejectError):
+    """ffmpeg could not produce the clip (reason: cut_failed / cut_timeout)."""
 
 
 @dataclass(frozen=True)

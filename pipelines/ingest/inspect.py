@@ -17,7 +17,7 @@ from pyratok.pipelines.ingest import filters, reasons
 from pyratok.pipelines.ingest.clip import ClipPlan, plan_clip
 from pyratok.pipelines.ingest.config import IngestConfig
 from pyratok.pipelines.ingest.probe import ProbeError, VideoInfo, keyframes_near, probe
-from pyratok.pipelines.ingest.reasons import Rejection
+from pyratok.pipelines.ingest.reasons import RejectError, Rejection
 from pyratok.pipelines.ingest.video_access import VideoAccess
 
 ACCEPTED = "accepted"
@@ -45,9 +45,7 @@ class Inspector:
         """``{"status", "reason", "detail", "info", "plan", "est_bytes"}`` for one input row."""
         try:
             info, plan = self._probe_and_plan(row)
-        except ProbeError as exc:
-            return _rejected(Rejection(exc.reason, exc.detail))
-        except _Rejected as exc:
+        except RejectError as exc:
             return _rejected(exc.rejection)
         except StorageError:
             raise  # credentials/endpoint trouble is the job's problem, not this row's: fail loudly
@@ -70,9 +68,9 @@ class Inspector:
         try:
             size = access.size(uri)
         except FileNotFoundError:
-            raise _Rejected(reasons.MISSING_FILE, f"{uri} does not exist") from None
+            raise RejectError(reasons.MISSING_FILE, f"{uri} does not exist") from None
         if size == 0:
-            raise _Rejected(reasons.EMPTY_FILE, f"{uri} is empty (0 bytes)")
+            raise RejectError(reasons.EMPTY_FILE, f"{uri} is empty (0 bytes)")
         target = access.target(uri)
         try:
             info = probe(target, timeout_s=execution.probe_timeout_s, network_timeout_s=execution.network_timeout_s)
@@ -80,7 +78,7 @@ class Inspector:
                 info = _with_size(info, size)
             rejection = filters.check_stream(info, self.cfg.filters)
             if rejection:
-                raise _Rejected(*rejection)
+                raise RejectError(*rejection)
 
             def find_keyframes(at_s: float, tolerance_s: float) -> list[float]:
                 return keyframes_near(
@@ -93,17 +91,11 @@ class Inspector:
         except ProbeError as exc:
             raise ProbeError(exc.reason, access.scrub(exc.detail, uri, target)) from None
         if isinstance(plan, Rejection):
-            raise _Rejected(*plan)
+            raise RejectError(*plan)
         rejection = filters.check_duration(plan.duration_s, self.cfg.filters)
         if rejection:
-            raise _Rejected(*rejection)
+            raise RejectError(*rejection)
         return info, plan
-
-
-class _Rejected(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.rejection = Rejection(reason, detail)
 
 
 def _rejected(rejection: Rejection) -> dict[str, Any]:

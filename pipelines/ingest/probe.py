@@ -16,15 +16,11 @@ from dataclasses import asdict, dataclass
 
 from pyratok.pipelines.ingest import reasons
 from pyratok.pipelines.ingest.process import CommandTimeout, run_command
+from pyratok.pipelines.ingest.reasons import RejectError
 
 
-class ProbeError(RuntimeError):
-    """The input cannot be used; ``reason`` is a reject code, the message the detail."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+class ProbeError(RejectError):
+    """ffprobe could not use the input (reason: a reject code)."""
 
 
 @dataclass(frozen=True)

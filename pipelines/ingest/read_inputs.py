@@ -18,7 +18,7 @@ from pyratok.core.dataset import sample_key
 from pyratok.core.logging import get_logger
 from pyratok.core.storage import Storage, basename, is_s3, join
 from pyratok.pipelines.ingest import filters, reasons
-from pyratok.pipelines.ingest.caption_text import clean_caption
+from pyratok.pipelines.ingest.caption_text import clean_caption, has_invalid_utf8, repair_utf8
 from pyratok.pipelines.ingest.config import IngestConfig, InputSpec
 from pyratok.pipelines.ingest.reasons import Rejection
 from pyratok.pipelines.ingest.sources import RowError, SourceRow, source_format
@@ -136,6 +136,10 @@ def read_inputs(storage: Storage, cfg: IngestConfig, specs: list[InputSpec]) -> 
                 parsed = fmt.parse(record, cfg.sources)
             except RowError as exc:
                 out.rejects.append(reject_record(base, Rejection(reasons.BAD_METADATA, str(exc))))
+                continue
+            if has_invalid_utf8(parsed.source_id + parsed.video):
+                detail = f"video/id {repair_utf8(parsed.video)!r} is not valid UTF-8"
+                out.rejects.append(reject_record(base, Rejection(reasons.BAD_METADATA, detail)))
                 continue
             window = parsed.window or (None, None)
             row = {**base, "key": sample_key(spec.source, parsed.source_id, *window)}

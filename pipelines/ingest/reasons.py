@@ -45,3 +45,16 @@ ALL: tuple[str, ...] = (
 class Rejection(NamedTuple):
     reason: str
     detail: str
+
+
+class RejectError(Exception):
+    """Raised where an input turns out unusable; carries its reject reason and what was wrong."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+    @property
+    def rejection(self) -> Rejection:
+        return Rejection(self.reason, self.detail)
