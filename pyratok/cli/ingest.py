@@ -30,23 +30,19 @@ def ingest(
     from pyratok.pipelines.ingest.config import InputSpec
     from pyratok.pipelines.ingest.job import run_ingest
     from pyratok.pipelines.ingest.sample_data import load_inputs_file
-    from pyratok.pipelines.ingest.sources.tables import MetadataError
 
     if source is not None and source not in SOURCES:
         typer.secho(f"error: --source must be one of {', '.join(SOURCES)}, got {source!r}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
-    with user_errors():
-        try:
-            cfg = load_cli_config(config, sets)
-            specs = None
-            if inputs:
-                specs = [InputSpec(**item) for item in load_inputs_file(inputs, Storage(cfg.storage))]
-            result = run_ingest(
-                cfg, inputs=specs, source=source, metadata=metadata, videos=videos, output=output,
-                overwrite=overwrite, address=address,
-            )  # fmt: skip
-        except MetadataError as exc:
-            raise ValueError(str(exc)) from None
+    with user_errors():  # MetadataError is a ValueError: exit 2 with its message
+        cfg = load_cli_config(config, sets)
+        specs = None
+        if inputs:
+            specs = [InputSpec(**item) for item in load_inputs_file(inputs, Storage(cfg.storage))]
+        result = run_ingest(
+            cfg, inputs=specs, source=source, metadata=metadata, videos=videos, output=output,
+            overwrite=overwrite, address=address,
+        )  # fmt: skip
     echo(format_summary(result))
 
 
