@@ -169,7 +169,8 @@ class Storage:
             try:
                 for page in paginator.paginate(**kwargs):
                     for item in page.get("Contents", []):
-                        out.append(f"s3://{bucket}/{item['Key']}")
+                        if not item["Key"].endswith("/"):  # folder markers (pyarrow, consoles) are not files
+                            out.append(f"s3://{bucket}/{item['Key']}")
             except Exception as exc:  # noqa: BLE001 - normalise boto errors into one message
                 raise StorageError(f"listing {prefix} failed: {exc}") from exc
         else:

@@ -91,3 +91,14 @@ def test_storage_pickles_without_client(s3_storage):
     s3_storage.client  # noqa: B018 - build the client, then make sure it is not pickled
     clone = pickle.loads(pickle.dumps(s3_storage))
     assert clone._client is None and clone.config == s3_storage.config
+
+
+def test_s3_folder_markers_are_not_files(s3_storage, s3_bucket, tmp_path):
+    """pyarrow (Ray Train's checkpoint writer) and S3 consoles create ``folder/`` marker objects."""
+    base = join(s3_bucket, "ckpt")
+    bucket = s3_bucket[len("s3://") :]
+    s3_storage.client.put_object(Bucket=bucket, Key="ckpt/model/", Body=b"")
+    s3_storage.write_text(join(base, "model", "config.json"), "{}")
+    assert s3_storage.list(join(base, "model")) == [join(base, "model", "config.json")]
+    out = s3_storage.download_dir(join(base, "model"), tmp_path / "model")
+    assert (out / "config.json").read_text() == "{}"
