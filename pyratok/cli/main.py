@@ -34,18 +34,18 @@ def show_config(
 # Each stage's commands live in their own module (cheap to import: heavy libraries
 # load inside the commands). "module:attr" -> a command function or a Typer group;
 # a function may carry click `context_settings` as an attribute.
-SUBCOMMANDS: list[tuple[str, str]] = [
+SUBCOMMANDS: list[tuple[str, str]] = [  # in the order a user meets them
+    ("pipeline", "pyratok.cli.pipeline:app"),
     ("sample-data", "pyratok.cli.sample_data:sample_data"),
     ("ingest", "pyratok.cli.ingest:ingest"),
-    ("pipeline", "pyratok.cli.pipeline:app"),
-    ("submit", "pyratok.cli.submit:submit"),
-    ("jobs", "pyratok.cli.submit:jobs_app"),
-    ("dev", "pyratok.cli.dev:app"),
-    ("train", "pyratok.cli.train:train"),
     ("caption", "pyratok.cli.caption:app"),
+    ("train", "pyratok.cli.train:train"),
     ("model", "pyratok.cli.model:model_app"),
     ("tokenize", "pyratok.cli.model:tokenize"),
     ("reconstruct", "pyratok.cli.model:reconstruct"),
+    ("submit", "pyratok.cli.submit:submit"),
+    ("jobs", "pyratok.cli.submit:jobs_app"),
+    ("dev", "pyratok.cli.dev:app"),
 ]
 
 

@@ -96,6 +96,33 @@ def stage_working_dir(dest: Path, config_yaml: str) -> Path:
     return dest
 
 
+# A command group submitted without naming its subcommand runs this one.
+DEFAULT_SUBCOMMANDS = {"pipeline": "run", "model": "init"}
+
+
+def resolve_command(stage: str, stage_args: list[str]) -> tuple[list[str], list[str], bool]:
+    """The CLI words of ``stage`` (descending into a group: ``pipeline`` -> ``pipeline run``,
+    ``pipeline -- rerun train3`` -> ``pipeline rerun``), the remaining arguments, and whether that
+    command takes ``--config`` (read from the CLI itself, so the two cannot drift apart)."""
+    import typer
+
+    from pyratok.cli.main import app
+
+    command = typer.main.get_command(app).commands[stage]
+    words, rest = [stage], list(stage_args)
+    while hasattr(command, "commands"):  # a group (typer ships its own click: no isinstance check)
+        if rest and rest[0] in command.commands:
+            name = rest.pop(0)
+        elif stage in DEFAULT_SUBCOMMANDS and not command.invoke_without_command:
+            name = DEFAULT_SUBCOMMANDS[stage]
+        else:
+            break  # a group that runs itself (``caption --shards ...``)
+        words.append(name)
+        command = command.commands[name]
+    takes_config = any("--config" in getattr(p, "opts", ()) for p in command.params)
+    return words, rest, takes_config
+
+
 def build_job(
     stage: str,
     stage_args: list[str],
@@ -113,10 +140,10 @@ def build_job(
         raise SubmitError("pass --config to `pyratok submit` itself: the resolved config is shipped with the job")
     env = forwarded_env(env_names)
     runtime_env: dict = {"env_vars": env}
-    parts = ["python", "-m", "pyratok.cli.main", *stage.split()]
+    words, stage_args, takes_config = resolve_command(stage, stage_args)
+    parts = ["python", "-m", "pyratok.cli.main", *words]
     if working_dir is not None:
         runtime_env["working_dir"] = str(working_dir)
-        takes_config = stage not in ("sample-data", "tokenize", "reconstruct")
         if takes_config:
             parts += ["--config", JOB_CONFIG]
     if pip:

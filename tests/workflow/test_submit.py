@@ -33,6 +33,23 @@ def test_build_job_ships_resolved_config_and_forwards_env_by_name(tmp_path, monk
 
 
 @pytest.mark.parametrize(
+    ("stage", "args", "command"),
+    [
+        ("pipeline", [], f"pipeline run --config {JOB_CONFIG}"),
+        ("pipeline", ["rerun", "train3", "--downstream"], f"pipeline rerun --config {JOB_CONFIG} train3 --downstream"),
+        ("caption", ["--shards", "s3://b/ds"], f"caption --config {JOB_CONFIG} --shards s3://b/ds"),
+        ("caption", ["list", "--shards", "s3://b/ds"], f"caption list --config {JOB_CONFIG} --shards s3://b/ds"),
+        ("train", ["--stage", "2"], f"train --config {JOB_CONFIG} --stage 2"),
+        ("model", ["--preset", "tiny", "--out", "s3://b/m"], "model init --preset tiny --out s3://b/m"),
+        ("tokenize", ["--model", "m", "--video", "v.mp4", "--out", "t.npz"], "tokenize --model m --video v.mp4 --out t.npz"),
+    ],
+)
+def test_groups_resolve_to_a_command_and_config_goes_where_it_is_accepted(tmp_path, stage, args, command):
+    spec = build_job(stage, args, config=load("local"), working_dir=tmp_path)
+    assert spec.entrypoint == f"python -m pyratok.cli.main {command}"
+
+
+@pytest.mark.parametrize(
     ("stage", "args", "env", "message"),
     [
         ("ingest", ["--config", "x.yaml"], [], "pass --config to `pyratok submit`"),
