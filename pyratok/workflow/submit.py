@@ -163,7 +163,19 @@ def describe(spec: JobSpec) -> str:
 def client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(api_address(address))
+    return JobSubmissionClient(api_address(address), headers=auth_headers())
+
+
+def auth_headers() -> dict[str, str] | None:
+    """The token of *this* environment, read now. Ray's own loader caches the first token a
+    process sees, so a CLI or test that talks to a second cluster would send the stale one."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return None
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+        token = path.read_text().strip() if path.is_file() else ""
+    return {"Authorization": f"Bearer {token}"} if token else None
 
 
 AGENT_NOT_READY = "No available agent"

@@ -80,6 +80,13 @@ def ray_head(dev_stack):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_ingest_job_from_s3_to_s3_through_the_jobs_api(dev_stack, sample_corpus, tmp_path, monkeypatch):
+    # Another cluster's token first: Ray caches the first token a process loads; ours must not send it.
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "a" * 32)
+    get_auth_headers_if_auth_enabled({})
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
     env = devstack.env_exports(list(dev_stack.values()))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
