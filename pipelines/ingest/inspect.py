@@ -22,6 +22,9 @@ from pyratok.pipelines.ingest.video_access import VideoAccess
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
+STORAGE_ERROR = "storage_error"
+"""Not an outcome of the input: storage itself failed (credentials, endpoint). The driver raises it,
+because Ray Data re-raises task exceptions as a generic UserCodeException that loses the type."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,8 @@ class Inspector:
             info, plan = self._probe_and_plan(row)
         except RejectError as exc:
             return _rejected(exc.rejection)
-        except StorageError:
-            raise  # credentials/endpoint trouble is the job's problem, not this row's: fail loudly
+        except StorageError as exc:  # the job's problem, not this row's: fail the job, naming it
+            return {**_rejected(Rejection("", str(exc))), "status": STORAGE_ERROR}
         except Exception as exc:  # noqa: BLE001 - one odd file must not kill the task; keep the evidence
             return _rejected(Rejection(reasons.PROBE_FAILED, f"{type(exc).__name__}: {exc}"))
         fraction = plan.duration_s / info.duration_s if info.duration_s > 0 else 1.0

@@ -25,7 +25,7 @@ from pyratok.core.config import fingerprint
 from pyratok.core.logging import get_logger
 from pyratok.core.storage import Storage, StorageError, join
 from pyratok.pipelines.ingest.config import IngestConfig, InputSpec
-from pyratok.pipelines.ingest.inspect import ACCEPTED, Inspector
+from pyratok.pipelines.ingest.inspect import ACCEPTED, STORAGE_ERROR, Inspector
 from pyratok.pipelines.ingest.read_inputs import ParsedInputs, read_inputs, reject_record
 from pyratok.pipelines.ingest.reasons import Rejection
 from pyratok.pipelines.ingest.shard_plan import ShardSpec, plan_shards
@@ -222,6 +222,9 @@ class IngestJob:
             num_cpus=execution.probe_num_cpus,
         )
         out = ds.to_pandas().to_dict(orient="records")
+        failed = [r for r in out if r["status"] == STORAGE_ERROR]
+        if failed:
+            raise StorageError(f"{len(failed)} input(s) could not be read; first: {failed[0]['video']}: {failed[0]['detail']}")
         if len(out) != len(rows):
             raise InvariantError(f"probe stage returned {len(out)} rows for {len(rows)} inputs")
         return out
@@ -271,7 +274,11 @@ class IngestJob:
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map(
             ShardWriter(self.storage, self.cfg, self.root), num_cpus=self.cfg.execution.shard_num_cpus
         )
-        return {row["name"]: json.loads(row["stats"]) for row in ds.take_all()}
+        rows = ds.take_all()
+        failed = [r for r in rows if r["error"]]
+        if failed:
+            raise StorageError(f"{len(failed)} shard(s) could not be written; first: {failed[0]['name']}: {failed[0]['error']}")
+        return {row["name"]: json.loads(row["stats"]) for row in rows}
 
     def _check_invariant(self, parsed: ParsedInputs, clips: list[dict], rejects: list[dict]) -> bool:
         expected = {(i, r) for i, count in enumerate(parsed.counts) for r in range(count)}

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyratok.core.dataset import sample_key
 from pyratok.core.logging import get_logger
-from pyratok.core.storage import Storage, basename, is_s3, join
+from pyratok.core.storage import Storage, StorageError, basename, is_s3, join, split_s3
 from pyratok.pipelines.ingest import filters, reasons
 from pyratok.pipelines.ingest.caption_text import clean_caption, has_invalid_utf8, repair_utf8
 from pyratok.pipelines.ingest.config import IngestConfig, InputSpec
@@ -86,6 +87,33 @@ def _droplet_index(storage: Storage, videos: str) -> dict[str, str]:
     return {prefix: best(uris) for prefix, uris in candidates.items()}
 
 
+def check_videos_location(storage: Storage, videos: str) -> None:
+    """Fail early, naming it, when the videos folder/prefix cannot be reached at all.
+
+    Otherwise every row would end up a ``missing_file`` reject and the cause (a typo, a missing
+    bucket, wrong credentials) would be buried in the rejects table.
+    """
+    if not is_s3(videos):
+        if not Path(videos).is_dir():
+            raise ValueError(f"videos folder {videos} does not exist")
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(videos)
+    try:
+        storage.client.list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/" if key else "", MaxKeys=1)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise StorageError(f"videos location {videos}: {error.get('Code', '?')} {error.get('Message', '')}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"videos location {videos}: {exc}") from exc
+
+
+def _all_absolute(rows: list[dict[str, Any]], column: str) -> bool:
+    """A manifest whose paths are all absolute or URIs does not use the videos folder."""
+    return all(is_s3(str(r.get(column, ""))) or str(r.get(column, "")).startswith("/") for r in rows)
+
+
 def _normalize(parsed: SourceRow, cfg: IngestConfig) -> tuple[dict[str, Any], Rejection | None]:
     """Cleaned captions + score filter; the fields of a probe-task row."""
     issues: list[str] = []
@@ -125,6 +153,8 @@ def read_inputs(storage: Storage, cfg: IngestConfig, specs: list[InputSpec]) -> 
                 f"metadata {spec.metadata} ({spec.source}) lacks column(s) {', '.join(map(repr, missing))}; "
                 f"it has {', '.join(map(repr, table.columns[:30]))}"
             )
+        if table.rows and not (spec.source == "manifest" and _all_absolute(table.rows, cfg.sources.manifest_path_column)):
+            check_videos_location(storage, spec.videos)
         droplet_files = _droplet_index(storage, spec.videos) if spec.source == "droplet" else {}
         out.counts.append(len(table.rows))
         for number, record in enumerate(table.rows):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from pyratok.core.dataset import ClipMetadata, shard_stats_uri, shard_uri
-from pyratok.core.storage import Storage, basename, is_s3
+from pyratok.core.storage import Storage, StorageError, basename, is_s3
 from pyratok.pipelines.ingest import reasons
 from pyratok.pipelines.ingest.clip import ClipPlan, CutError, make_clip
 from pyratok.pipelines.ingest.config import IngestConfig
@@ -69,7 +69,11 @@ class ShardWriter:
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         spec = ShardSpec.from_item(item)
-        return {"name": spec.name, "stats": json.dumps(self.write(spec), sort_keys=True)}
+        try:
+            stats = self.write(spec)
+        except StorageError as exc:  # reported to the driver by value: Ray Data would lose the type
+            return {"name": spec.name, "stats": "", "error": str(exc)}
+        return {"name": spec.name, "stats": json.dumps(stats, sort_keys=True), "error": ""}
 
     def write(self, spec: ShardSpec) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix=f"pyratok-{spec.name}-") as tmp:

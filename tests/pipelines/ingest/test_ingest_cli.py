@@ -47,6 +47,15 @@ def test_configuration_and_storage_errors_exit_2_naming_the_problem(tmp_path, s3
         "-s", f"work_dir={tmp_path / 'work'}", "-s", "tracking.enabled=false",
     ])  # fmt: skip
     assert no_bucket.exit_code == 2 and "s3://no-such-bucket-here/ds" in no_bucket.output and "NoSuchBucket" in no_bucket.output
+    (tmp_path / "ov.csv").write_text("video,caption\na.mp4,x\n")
+    no_videos = _ingest(tmp_path, "--source", "openvid", "--metadata", str(tmp_path / "ov.csv"), "--videos", str(tmp_path / "typo"))
+    assert no_videos.exit_code == 2 and f"videos folder {tmp_path / 'typo'} does not exist" in no_videos.output
+    s3_videos = runner.invoke(app, [
+        "ingest", "--source", "openvid", "--metadata", str(tmp_path / "ov.csv"), "--videos", "s3://no-such-bucket-here/v",
+        "--output", str(tmp_path / "out"), "-s", f"storage.endpoint_url={s3_server}",
+        "-s", f"work_dir={tmp_path / 'work'}", "-s", "tracking.enabled=false",
+    ])  # fmt: skip
+    assert s3_videos.exit_code == 2 and "videos location s3://no-such-bucket-here/v: NoSuchBucket" in s3_videos.output
 
 
 def _committed(out: Path) -> int:

@@ -149,3 +149,14 @@ def test_ffmpeg_hangs_become_rejects_and_the_job_goes_on(sample_corpus, ray_loca
     rejects = Storage().read_parquet(layout.rejects_uri(str(tmp_path / "out"))).set_index("source_id")
     assert "did not finish within 3s" in rejects.loc["stalled.mp4", "detail"]
     assert rejects.loc["mpeg4_720p.avi", "reason"] == reasons.CUT_TIMEOUT
+
+
+def test_a_storage_failure_in_a_worker_fails_the_job_naming_it(ray_local, tmp_path):
+    """Not a bad video but unreachable storage: the job stops with a StorageError (CLI: exit 2)."""
+    from pyratok.core.storage import StorageError
+    from pyratok.pipelines.ingest.config import InputSpec
+
+    (tmp_path / "m.csv").write_text("path,caption\ns3://not a bucket/clip.mp4,x\n")
+    spec = InputSpec(source="manifest", metadata=str(tmp_path / "m.csv"), videos="s3://unused")
+    with pytest.raises(StorageError, match=r"1 input\(s\) could not be read; first: s3://not a bucket/clip.mp4"):
+        run_ingest(ingest_config(tmp_path / "work"), inputs=[spec], output=str(tmp_path / "out"))
