@@ -1,0 +1,148 @@
+"""The whole pipeline on the embedded default with the tiny presets: the real stages, end to end.
+
+One pipeline is built once for the module (sample-data -> ingest -> caption ->
+train 1..3) and then rerun, reconfigured and interrupted; each test states
+what must and must not have run again by comparing the state's records.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from pyratok.config import load
+from pyratok.core.tracking import configure
+from pyratok.workflow.runner import PipelineRunner
+from pyratok.workflow.stages import pipeline_stages
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+STAGES = ["sample-data", "ingest", "caption", "train1", "train2", "train3"]
+# Small enough for CI, big enough that a killed run has a checkpoint to resume from.
+FAST = [
+    "train.stages.stage1.steps=4", "train.stages.stage2.steps=6", "train.stages.stage3.steps=4",
+    "train.checkpoint.every_n_steps=2", "train.tracking.sample_every_n_steps=2",
+]  # fmt: skip
+
+
+def overrides(work: Path, *extra: str) -> list[str]:
+    return [f"work_dir={work}", "tracking.experiment=pipeline-test", *FAST, *extra]
+
+
+def runner_for(work: Path, *extra: str) -> PipelineRunner:
+    cfg = load("local", overrides(work, *extra))
+    return PipelineRunner(cfg, pipeline_stages(cfg))
+
+
+def snapshot(runner: PipelineRunner) -> dict[str, tuple]:
+    """What identifies one execution of each stage: its MLflow run, end time and outputs."""
+    return {n: (r.mlflow_run_id, r.ended_at, r.outputs) for n, r in runner.load().stages.items()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, ray_local):
+    work = tmp_path_factory.mktemp("pipeline") / "work"
+    runner = runner_for(work)
+    runner.run()
+    return work
+
+
+def test_full_pipeline_completes_and_lineage_traces_a_checkpoint_to_its_data(built):
+    runner = runner_for(built)
+    state = runner.load()
+    assert [v.name for v in runner.views()] == STAGES
+    assert all(v.state == "completed" for v in runner.views()), [(v.name, v.state, v.record.error) for v in runner.views()]
+    configure(runner.config.tracking, runner.config.work_dir)
+    client = mlflow.MlflowClient()
+    # Walk back from the final checkpoint's run to the shards it was trained on.
+    train3 = client.get_run(state.stages["train3"].mlflow_run_id)
+    assert train3.data.tags["pyratok.output.checkpoint"] == state.stages["train3"].outputs["checkpoint"]
+    train2_id = train3.data.tags["pyratok.upstream_run.train2"]
+    train1_id = client.get_run(train2_id).data.tags["pyratok.upstream_run.train1"]
+    train1 = client.get_run(train1_id)
+    caption = client.get_run(train1.data.tags["pyratok.upstream_run.caption"])
+    assert train1.data.tags["pyratok.input.caption.caption_version"] == caption.data.tags["pyratok.output.caption_version"]
+    ingest = client.get_run(caption.data.tags["pyratok.upstream_run.ingest"])
+    assert ingest.data.tags["pyratok.output.dataset"] == state.stages["ingest"].outputs["dataset"]
+    # Every stage run is nested under this invocation's pipeline run.
+    parent = state.pipeline_runs[-1]
+    for name in ("ingest", "caption", "train1", "train2", "train3"):
+        assert client.get_run(state.stages[name].mlflow_run_id).data.tags["mlflow.parentRunId"] == parent
+
+
+def test_second_run_skips_everything(built):
+    runner = runner_for(built)
+    before = snapshot(runner)
+    runner.run()
+    assert snapshot(runner) == before
+
+
+def test_rerun_one_stage_leaves_the_others_untouched(built):
+    runner = runner_for(built)
+    before = snapshot(runner)
+    runner.run(force={"caption"}, only={"caption"})
+    after = snapshot(runner)
+    assert after["caption"][1] > before["caption"][1]
+    assert {k: v for k, v in after.items() if k != "caption"} == {k: v for k, v in before.items() if k != "caption"}
+    # The same caption settings give the same caption version: training stays valid.
+    assert after["caption"][2] == before["caption"][2]
+
+
+def test_a_config_change_reruns_exactly_the_affected_stages(built):
+    before = snapshot(runner_for(built))
+    changed = runner_for(built, "train.stages.stage3.steps=2")
+    assert [v.state for v in changed.views()][-1] == "stale"
+    changed.run()
+    after = snapshot(changed)
+    rerun = sorted(k for k in after if after[k] != before[k])
+    assert rerun == ["train3"]
+    assert changed.load().stages["train3"].outputs["steps"] == "2"
+
+
+def test_an_interrupted_pipeline_resumes_at_the_interrupted_stage(built):
+    """A real kill of the driver process while train2 runs; the next run skips what completed."""
+    extra = ["train.stages.stage2.steps=8"]  # a new train2 (and so train3) run
+    cmd = [sys.executable, "-m", "pyratok.cli.main", "pipeline", "run", "--config", "local"]
+    for item in overrides(built, *extra):
+        cmd += ["--set", item]
+    before = snapshot(runner_for(built, *extra))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runner = runner_for(built, *extra)
+    checkpoints = Path(runner.root) / "checkpoints"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:  # wait for train2's first checkpoint of this run
+            state = runner.load()
+            rec = state.stages.get("train2")
+            if rec and rec.status == "running" and rec.started_at and any(
+                p.stat().st_mtime > rec.started_at for p in checkpoints.glob("stage2-*/checkpoint_*")
+            ):
+                break
+            assert proc.poll() is None, "the pipeline ended before it could be interrupted"
+            time.sleep(0.5)
+        else:
+            pytest.fail("train2 never wrote a checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert runner.load().stages["train2"].status == "running"  # the killed driver could not finish it
+
+    runner.run()
+    after = snapshot(runner)
+    state = runner.load()
+    assert {k: after[k] for k in ("sample-data", "ingest", "caption", "train1")} == {
+        k: before[k] for k in ("sample-data", "ingest", "caption", "train1")
+    }
+    assert state.stages["train2"].status == "completed" and state.stages["train2"].attempts >= 2
+    assert state.stages["train2"].outputs["steps"] == "8"
+    assert state.stages["train3"].status == "completed" and after["train3"] != before["train3"]
+    configure(runner.config.tracking, runner.config.work_dir)
+    resumed = mlflow.MlflowClient().get_run(state.stages["train2"].mlflow_run_id)
+    assert "pyratok.train.resumed_run" in resumed.data.tags  # continued from the killed run's checkpoint
