@@ -9,7 +9,7 @@ through the probes separates the two, and the estimate extrapolates the linear p
 preset's geometries and adds the parameter and ZeRO-2 optimizer-state terms. Writes a markdown table (infra/training/README.md
 quotes it).
 
-    .venv/bin/python infra/training/memory_estimate.py [--probes 5x64x64,9x64x64,5x96x96]
+    .venv/bin/python infra/training/memory_estimate.py [--probes 5x64x64,13x64x64,5x96x96]
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ TARGETS = [  # (label, batch per GPU, frames, height, width)
     ("stage 1-2 largest: 97x2048x2048 (1:1)", 4, 97, 2048, 2048),
     ("stage 1-2 largest, batch 1", 1, 97, 2048, 2048),
     ("stage 3 largest: 97x4096x4096, batch 2", 2, 97, 4096, 4096),
-    ("stage 1-2 fits in 80 GB at batch 4: 17x512x512", 4, 17, 512, 512),
+    ("stage 1-2 smallest: 17x512x512", 4, 17, 512, 512),
+    ("fits in 80 GB at batch 4: 17x256x256", 4, 17, 256, 256),
 ]
 
 

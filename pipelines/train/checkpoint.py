@@ -83,11 +83,13 @@ def read_rank_state(directory: Path, rank: int) -> RankState:
     return RankState.from_dict(json.loads(path.read_text()))
 
 
-def restore_rng(directory: Path, rank: int) -> None:
+def read_rng(directory: Path, rank: int) -> dict | None:
+    """A rank's saved RNG states (applied later with ``apply_rng``, once the loader has started)."""
     path = rng_path(directory, rank)
-    if not path.is_file():
-        return
-    states = torch.load(path, weights_only=False)
+    return torch.load(path, weights_only=False) if path.is_file() else None
+
+
+def apply_rng(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     np.random.set_state(states["numpy"])
     random.setstate(states["python"])

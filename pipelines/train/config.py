@@ -51,10 +51,7 @@ class ResolutionRange(StrictModel):
         return self
 
     def sides(self) -> list[int]:
-        out = list(range(self.min_side, self.max_side + 1, self.step))
-        if out[-1] != self.max_side:
-            out.append(self.max_side)
-        return out
+        return inclusive_range(self.min_side, self.max_side, self.step)
 
 
 class FrameRange(StrictModel):
@@ -78,10 +75,7 @@ class FrameRange(StrictModel):
         return self
 
     def choices(self) -> list[int]:
-        out = list(range(self.min, self.max + 1, self.step))
-        if out[-1] != self.max:
-            out.append(self.max)
-        return out
+        return inclusive_range(self.min, self.max, self.step)
 
 
 class StageSection(StrictModel):
@@ -243,6 +237,12 @@ class TrainConfig(StrictModel):
         if stage.warmup_steps is not None:
             return stage.warmup_steps
         return int(math.ceil(self.schedule.warmup_ratio * stage.steps))
+
+
+def inclusive_range(low: int, high: int, step: int) -> list[int]:
+    """``low, low+step, ...`` up to ``high``, with ``high`` itself always included."""
+    out = list(range(low, high + 1, step))
+    return out if out[-1] == high else [*out, high]
 
 
 def parse_ratio(text: str) -> float:

@@ -90,71 +90,75 @@ def worker_logging() -> None:
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(os.environ.get("PYRATOK_LOG_LEVEL", "INFO"))
+    quiet_worker_libraries()
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+def quiet_worker_libraries() -> None:
+    """Library INFO lines that would repeat on every rank (Ray forwards them all to the driver).
+
+    Ray Train logs each ``report()`` with its whole metrics dict ("Reporting training result N:
+    TrainingReport(...)") through a logger named after its source file, outside ``ray.train``, so
+    ``RunConfig(logging_config=...)`` (set by the driver) misses it: raise every such logger to
+    WARNING. botocore announces its credentials source once per process."""
+    import logging
+
     import ray.train
 
-    worker_logging()
-    job: TrainJob = loop_config["job"]
-    from pyratok.config import PyratokConfig
+    from pyratok.core.logging import _NOISY
 
-    cfg = PyratokConfig.model_validate(job.config)
-    train = cfg.train
-    stage = train.current()
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    ray_train_dir = os.path.dirname(ray.train.__file__) + os.sep
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(ray_train_dir):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def worker_device(train, job: TrainJob) -> torch.device:
+    """The rank's device; on CPU, torch's intra-op threads capped to the worker's CPU share."""
     if job.torch_extensions_dir:
         os.environ["TORCH_EXTENSIONS_DIR"] = job.torch_extensions_dir
-    use_gpu = train.scaling.use_gpu and torch.cuda.is_available()
-    if use_gpu:
+    if train.scaling.use_gpu and torch.cuda.is_available():
         import ray.train.torch
 
-        device = ray.train.torch.get_device()
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, int(train.scaling.cpus_per_worker)))
+        return ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(train.scaling.cpus_per_worker)))
+    return torch.device("cpu")
 
-    from pyratok.pipelines.train.checkpoint import (
-        RankState,
-        read_rank_state,
-        restore_rng,
-    )
-    from pyratok.pipelines.train.data import LoaderTracker, ReaderSpec, make_loader
-    from pyratok.pipelines.train.data import CaptionSource
-    from pyratok.pipelines.train.strategy import build_strategy
 
-    storage = Storage(cfg.storage)
-    seed_everything(train.seed)  # same initial weights on every rank
-    model = build_model(job, cfg, storage)
-    model.train()
-    strategy = build_strategy(
-        job.strategy, model, train, device=device, world_size=world, ds_config=job.deepspeed_config
-    )
+def restore_checkpoint(checkpoint, strategy, rank: int, train):
+    """Strategy state + this rank's progress from a Ray Train checkpoint: (RankState, RNG states)."""
+    from pyratok.pipelines.train.checkpoint import RankState, read_rank_state, read_rng
 
-    state = RankState(step=0, micro_batches=0, loader_workers=train.data.loader_workers)
-    checkpoint = ray.train.get_checkpoint()
-    restored_from: Path | None = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            directory = Path(directory)
-            strategy.load(directory)
-            state = read_rank_state(directory, rank)
-            digest = strategy.optimizer_digest()
-            if state.optimizer_digest and digest != state.optimizer_digest:
-                raise RuntimeError(
-                    f"rank {rank}: optimizer state restored from {checkpoint.path} differs from what was saved "
-                    f"(digest {digest} != {state.optimizer_digest})"
-                )
-            state.restarts.append(state.step)
-            restored_from = Path(tempfile.mkdtemp(prefix="pyratok-rng-"))
-            shutil.copytree(directory / "train_state", restored_from / "train_state")
-        log.info("rank %d: resumed stage %d at step %d/%d from %s", rank, job.stage, state.step, stage.steps, checkpoint.path)
+    if checkpoint is None:
+        return RankState(step=0, micro_batches=0, loader_workers=train.data.loader_workers), None
+    with checkpoint.as_directory() as directory:
+        directory = Path(directory)
+        strategy.load(directory)
+        state = read_rank_state(directory, rank)
+        rng = read_rng(directory, rank)
+    digest = strategy.optimizer_digest()
+    if state.optimizer_digest and digest != state.optimizer_digest:
+        raise RuntimeError(
+            f"rank {rank}: optimizer state restored from {checkpoint.path} differs from what was saved "
+            f"(digest {digest} != {state.optimizer_digest})"
+        )
+    state.restarts.append(state.step)
+    log.info("rank %d: resumed stage %d at step %d/%d from %s", rank, train.stage, state.step, train.current().steps,
+             checkpoint.path)  # fmt: skip
+    return state, rng
 
+
+def start_loader(job: TrainJob, cfg, model, state, *, rank: int, world: int, storage: Storage, pin_memory: bool):
+    """The rank's batch iterator, continuing where ``state`` says each loader process stood."""
+    from pyratok.pipelines.train.data import CaptionSource, LoaderTracker, ReaderSpec, make_loader
+
+    train, stage = cfg.train, cfg.train.current()
+    workers = max(1, train.data.loader_workers)
     positions = state.positions if state.loader_workers == train.data.loader_workers else {}
     if state.positions and not positions:
-        log.warning("loader processes changed (%d -> %d): the data stream restarts its epoch", state.loader_workers, train.data.loader_workers)
-    workers = max(1, train.data.loader_workers)
+        log.warning("loader processes changed (%d -> %d): the data stream restarts its epoch",
+                    state.loader_workers, train.data.loader_workers)  # fmt: skip
     spec = ReaderSpec(
         shards=job.shards,
         storage=storage,
@@ -162,8 +166,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         resolution=stage.resolution,
         frames=stage.frames,
         batch_size=stage.batch_size,
-        spatial_multiple=int(getattr(model, "spatial_multiple", 16)),
-        temporal_multiple=int(getattr(model, "temporal_multiple", 4)),
+        spatial_multiple=int(model.spatial_multiple),
+        temporal_multiple=int(model.temporal_multiple),
         seed=train.seed,
         rank=rank,
         world_size=world,
@@ -173,16 +177,40 @@ def train_loop_per_worker(loop_config: dict) -> None:
         rotate=state.received % workers if positions else 0,
     )
     tracker = LoaderTracker(positions, state.events, state.received if positions else 0)
-    batches = iter(make_loader(spec, pin_memory=use_gpu))
+    return iter(make_loader(spec, pin_memory=pin_memory)), tracker
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+
+    from pyratok.config import PyratokConfig
+    from pyratok.pipelines.train.checkpoint import apply_rng
+    from pyratok.pipelines.train.strategy import build_strategy
+
+    worker_logging()
+    job: TrainJob = loop_config["job"]
+    cfg = PyratokConfig.model_validate(job.config)
+    train = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = worker_device(train, job)
+    storage = Storage(cfg.storage)
+
+    seed_everything(train.seed)  # same initial weights on every rank
+    model = build_model(job, cfg, storage)
+    model.train()
+    strategy = build_strategy(job.strategy, model, train, device=device, world_size=world, ds_config=job.deepspeed_config)
+    state, rng = restore_checkpoint(ray.train.get_checkpoint(), strategy, rank, train)
+    batches, tracker = start_loader(job, cfg, model, state, rank=rank, world=world, storage=storage,
+                                    pin_memory=device.type == "cuda")  # fmt: skip
     # RNG after the loader started (it draws its workers' seeds): an uninterrupted run and a
     # resumed one then draw the same masks from here on.
     seed_everything(train.seed + 1000 * (rank + 1) + state.step)
-    if restored_from is not None:
-        restore_rng(restored_from, rank)
-        shutil.rmtree(restored_from, ignore_errors=True)
-
-    loop = StageLoop(job=job, cfg=cfg, strategy=strategy, model=model, rank=rank, world=world, device=device)
-    loop.run(state, batches, tracker)
+    if rng is not None:
+        apply_rng(rng)
+    StageLoop(job=job, cfg=cfg, strategy=strategy, model=model, rank=rank, world=world, device=device).run(
+        state, batches, tracker
+    )
 
 
 class StageLoop:

@@ -9,6 +9,7 @@ URI and the exported tokenizer into the stage's MLflow run.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -232,7 +233,8 @@ def _fit(job, cfg, storage: Storage, storage_path: str, run_name: str):
     if backend == "auto":
         backend = "nccl" if scaling.use_gpu else "gloo"
     path, filesystem = ray_storage(storage, storage_path)
-    trainer = TorchTrainer(
+    trainer_cls = TorchTrainer if _has_state_api() else _trainer_without_cleaner()
+    trainer = trainer_cls(
         train_loop_per_worker,
         train_loop_config={"job": job},
         torch_config=TorchConfig(backend=backend),
@@ -248,9 +250,39 @@ def _fit(job, cfg, storage: Storage, storage_path: str, run_name: str):
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=train.failure.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.checkpoint.num_to_keep),
+            # Ray Train's own INFO lines (per report: the whole metrics dict, "Checkpoint successfully
+            # created", process-group set-up) drown our progress lines; they stay in its log files.
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if log.isEnabledFor(logging.DEBUG) else "WARNING"),
         ),
     )
     return trainer.fit()
+
+
+def _has_state_api() -> bool:
+    """Whether the cluster serves Ray's State API (the dashboard's HTTP server). Our embedded local
+    Ray starts without it (``include_dashboard=False`` saves ~1 GB and 11 processes)."""
+    import ray
+
+    try:
+        return bool(ray._private.worker.get_dashboard_url())
+    except Exception:  # noqa: BLE001 - Ray Client drivers and older Rays: assume a full cluster
+        return True
+
+
+def _trainer_without_cleaner():
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class Trainer(TorchTrainer):
+        """TorchTrainer minus the PlacementGroupCleaner: that detached actor asks the State API every
+        second whether the controller is alive. Without a State API every query fails (a warning per
+        second) or, with several Rays on the host, finds another cluster ("multiple active Ray
+        instances"); and an embedded Ray dies with its driver, placement groups included."""
+
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return Trainer
 
 
 def _summarize(storage: Storage, checkpoint_uri: str, world_size: int) -> dict:

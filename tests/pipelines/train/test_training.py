@@ -88,7 +88,10 @@ def test_three_stages_deepspeed_ddp_chain_with_mlflow(stage1, mlflow_server, tra
     fresh_dir = tmp_path / "fresh"
     PyraTok.from_config(load_stage_config("local", 1).model).save_pretrained(str(fresh_dir))
     w1, w2, w0 = weights(stage1.model_uri), weights(stage2.model_uri), weights(str(fresh_dir))
-    shared = sorted(set(w1) & set(w2) & set(w0))
+    # Only tensors stage 1 trained: the AR head first learns in stage 2 (stage 1 moves it by weight
+    # decay alone, ~1e-5 relative) and moves alike from either start, which would blur the comparison.
+    shared = sorted(k for k in set(w1) & set(w2) & set(w0) if np.linalg.norm(w1[k] - w0[k]) > 1e-3 * np.linalg.norm(w0[k]))
+    assert shared
     pick = lambda w: {k: w[k] for k in shared}  # noqa: E731
     assert distance(pick(w2), pick(w1)) < 0.6 * distance(pick(w2), pick(w0))
 
@@ -181,6 +184,11 @@ def test_killed_workers_recover_then_resume_after_failure_matches_uninterrupted_
            "--resume", "--strategy", "deepspeed", *[a for o in overrides for a in ("--set", o)]]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
+    # the console keeps our lines only: no Ray Train line per report(), no placement-group cleaner
+    # polling a State API that the embedded Ray does not serve
+    console = done.stdout + done.stderr
+    assert "Reporting training result" not in console and "Checkpoint successfully created" not in console
+    assert "PlacementGroupCleaner" not in console
     lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
     checkpoint = lines["checkpoint"]
     assert checkpoint.endswith(f"{run_name}/checkpoint_step{STEPS:07d}")
