@@ -114,6 +114,37 @@ def test_ingest_job_from_s3_to_s3_through_the_jobs_api(dev_stack, sample_corpus,
     assert storage.list(f"s3://{devstack.DEV_BUCKET}/mlflow-artifacts")
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_pipeline_as_a_job_keeps_its_state_in_s3(dev_stack, tmp_path, monkeypatch):
+    """`pyratok submit pipeline`: the workflow runs as a Ray job; its state and outputs live in S3,
+    so this client reads them back, and its runs land in the dev MLflow server, nested."""
+    from pyratok.workflow.state import load_state
+
+    env = devstack.env_exports(list(dev_stack.values()))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    root = f"s3://{devstack.DEV_BUCKET}/pipeline-job"
+    sets = [f"pipeline.root={root}", f"work_dir={tmp_path / 'job-work'}", "tracking.experiment=pipeline-job",
+            "pipeline.stages=[sample-data, ingest, caption, train1]", "train.stages.stage1.steps=2",
+            "train.checkpoint.every_n_steps=2", "train.tracking.sample_every_n_steps=2"]  # fmt: skip
+    cfg = load("local", sets)
+    job_id = submit_stage("pipeline", [], config=cfg, address=None, env_names=["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
+    status = wait(job_id, None, timeout_s=900)
+    logs = client(None).get_job_logs(job_id)
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert env["AWS_SECRET_ACCESS_KEY"] not in logs
+    state = load_state(Storage(), root)
+    assert {n for n, r in state.stages.items() if r.status == "completed"} == {"sample-data", "ingest", "caption", "train1"}
+    assert state.stages["train1"].outputs["checkpoint"].startswith(f"{root}/checkpoints/")
+    tracking = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (parent,) = [r for r in tracking.search_runs([tracking.get_experiment_by_name("pipeline-job").experiment_id])
+                 if r.info.run_id == state.pipeline_runs[-1]]  # fmt: skip
+    train1 = tracking.get_run(state.stages["train1"].mlflow_run_id)
+    assert train1.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert train1.data.tags["pyratok.input.caption.caption_version"] == state.stages["caption"].outputs["caption_version"]
+
+
 def test_unauthenticated_clients_are_refused(ray_head):
     # A fresh process: Ray caches the token of the first authenticated client in-process.
     code = "from pyratok.workflow.submit import client; client(%r).list_jobs()" % ray_head.url
