@@ -104,14 +104,13 @@ def quiet_worker_libraries() -> None:
 
     import ray.train
 
-    from pyratok.core.logging import _NOISY
+    from pyratok.core.logging import quiet_libraries
 
     ray_train_dir = os.path.dirname(ray.train.__file__) + os.sep
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(ray_train_dir):
             logging.getLogger(name).setLevel(logging.WARNING)
-    for name in _NOISY:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_libraries()
 
 
 def worker_device(train, job: TrainJob) -> torch.device:

@@ -38,10 +38,15 @@ def setup_logging(level: str | int | None = None) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler.addFilter(SecretsFilter())
         root.addHandler(handler)
-        for name in _NOISY:
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_libraries()
         _CONFIGURED = True
     root.setLevel(level)
+
+
+def quiet_libraries() -> None:
+    """Chatty third-party loggers to WARNING (also called in Ray workers, which log on their own)."""
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> logging.Logger:
