@@ -143,24 +143,35 @@ class ArHead(nn.Module):
         gathered = torch.gather(tokens, 1, idx.clamp_min(0)[..., None].expand(-1, -1, tokens.shape[-1]))
         return self.text_in(gathered.to(self.bits_in.weight.dtype)) * valid[..., None], valid
 
+    def choose_window(self, coarse_shape: tuple[int, int, int], grids: list[Grid], *,
+                      generator: torch.Generator | None = None) -> Window:
+        """Random in training, anchored at frame 0 / the centre otherwise."""
+        return choose_window(coarse_shape, grids, self.cfg.token_budget, generator=generator, random=self.training)
+
     def forward(self, level_bits: list[torch.Tensor], grids: list[Grid], text: TextEmbedding | None, *,
                 generator: torch.Generator | None = None) -> ArResult:
         """``level_bits``: per level (B, t, h, w, bits) straight-through bits."""
-        coarse_shape = tuple(level_bits[-1].shape[1:4])
-        window = choose_window(coarse_shape, grids, self.cfg.token_budget, generator=generator, random=self.training)
-        batch, device = level_bits[0].shape[0], level_bits[0].device
+        window = self.choose_window(tuple(level_bits[-1].shape[1:4]), grids, generator=generator)
+        pieces = []
+        for bits, grid in zip(level_bits, grids):
+            ts, ys, xs = window.level_slices(grid, grids[-1])
+            pieces.append(bits[:, ts, ys, xs])
+        return self.forward_window(pieces, text, window)
+
+    def forward_window(self, window_bits: list[torch.Tensor], text: TextEmbedding | None, window: Window) -> ArResult:
+        """``window_bits``: per level the window's (B, t, h, w, bits) bits, already cut out (tiled training)."""
+        batch, device = window_bits[0].shape[0], window_bits[0].device
         prefix, prefix_mask = self._text_prefix(text, batch, device)
         pieces = [prefix, self.bos.expand(batch, 1, -1)]
         masks = [prefix_mask, torch.ones(batch, 1, dtype=torch.bool, device=device)]
         targets, predicted_at = [], []
         position = prefix.shape[1] + 1
-        for level, (bits, grid) in enumerate(zip(level_bits, grids)):
+        for level, bits in enumerate(window_bits):
             if level > 0:
                 pieces.append(self.sep.expand(batch, 1, -1))
                 masks.append(masks[1])
                 position += 1
-            ts, ys, xs = window.level_slices(grid, grids[-1])
-            tokens = bits[:, ts, ys, xs].reshape(batch, -1, bits.shape[-1])
+            tokens = bits.reshape(batch, -1, bits.shape[-1])
             pieces.append(self.bits_in(tokens.to(self.bits_in.weight.dtype)) + self.level_embed[level])
             masks.append(torch.ones(batch, tokens.shape[1], dtype=torch.bool, device=device))
             targets.append(tokens.detach() > 0)

@@ -20,6 +20,7 @@ from pyratok.model.grid import Grid
 from pyratok.model.lora import adapters_disabled, add_lora
 from pyratok.model.sources import local_dir, resolve
 from pyratok.model.taps import TapCollector, default_tap_names
+from pyratok.model.vae_chunks import blocks_through
 
 # The real architectures (diffusers configs of the released VAEs). Random-init presets override some keys.
 WAN22_ARCH: dict[str, Any] = dict(
@@ -84,14 +85,19 @@ class WanBackbone(nn.Module):
         self.vae.eval()
         self.kind = detect_kind(vae)
         self.decoder_mode = decoder
+        tap_names = taps or default_tap_names(vae.encoder)
+        self.tap_blocks = blocks_through(vae.encoder, tap_names)
+        """``down_blocks`` that run before every tap has fired (the chunked forward stops there)."""
         if lora_enabled:
-            add_lora(vae.encoder, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
+            # LoRA only where it reaches a tap: the mid block and conv_out feed mu alone, which the tokenizer never uses.
+            used = ("conv_in", *(f"down_blocks.{i}" for i in range(self.tap_blocks)))
+            add_lora(vae.encoder, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, within=used)
         if decoder == "lora":
             add_lora(vae.decoder, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
         elif decoder == "full":
             vae.decoder.requires_grad_(True)
             vae.post_quant_conv.requires_grad_(True)
-        self.taps = TapCollector(vae.encoder, taps or default_tap_names(vae.encoder))
+        self.taps = TapCollector(vae.encoder, tap_names)
         self.latent_grid = Grid(vae.config.scale_factor_spatial, vae.config.scale_factor_temporal)
         self.tap_grids, self.tap_channels = self._probe_taps()
         strides = [g.stride for g in self.tap_grids] + [self.latent_grid.stride]
@@ -140,10 +146,10 @@ class WanBackbone(nn.Module):
         return self.taps.concat(store), (mu if with_mu else None)
 
     @torch.no_grad()
-    def frozen_mu(self, video: torch.Tensor) -> torch.Tensor:
-        """mu of the frozen encoder (adapters off): the drift reference."""
+    def frozen_taps(self, video: torch.Tensor) -> list[torch.Tensor]:
+        """Taps of the frozen encoder (adapters off): the drift reference."""
         with adapters_disabled(self.vae.encoder):
-            return self.vae.encode(video).latent_dist.mean
+            return self.encode(video, with_mu=False)[0]
 
     def decode(self, latents: torch.Tensor, *, tile: int | None = None, overlap: int = 64) -> torch.Tensor:
         """Latents (B, z, t, h, w) -> video (B, 3, T, H, W) in [-1, 1]; ``tile``: blended spatial tiles (pixels)."""

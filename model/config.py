@@ -150,15 +150,31 @@ class MaskingConfig(StrictModel):
 
 
 class TilingConfig(StrictModel):
-    """Spatial tiling for videos larger than memory (4K/8K)."""
+    """Spatial tiles x causal time chunks: training, tokenizing and reconstructing in bounded memory.
+
+    One tile-chunk of the VAE is alive at a time; tiles carry a halo at least the receptive field of
+    what is tiled, so every tile's interior equals the untiled computation (``model/bounded.py``).
+    """
 
     tile: int = Field(512, ge=16)
-    """Tile side in pixels (rounded down to the coarsest token stride)."""
+    """Interior tile side in pixels (rounded down to the coarsest token stride). Frames no larger run whole."""
     halo: int | None = None
-    """Context pixels around each tile for encoding (None: the encoder's receptive field, so tokens equal untiled)."""
-    decode_overlap: int = Field(64, ge=0)
-    """Overlap in pixels between decoded tiles (blended)."""
-
+    """Encoder context pixels around a tile. None: from the encoder's receptive field (exact taps)."""
+    decoder_halo: int | None = None
+    """Decoder context pixels around a tile (in the mid-block feature grid). None: from the decoder's receptive field."""
+    time_chunk: int = Field(1, ge=1)
+    """Latent frames per chunk (1 = the VAE's own chunk: frame 0, then 4 frames at a time)."""
+    train: bool = True
+    """Training forward runs tiled and time-chunked (false: the plain untiled forward through diffusers' own loops)."""
+    checkpoint: bool = True
+    """Activation checkpointing of each tile-chunk (false where memory allows: faster, same result)."""
+    nested: Literal["auto", "always", "never"] = "auto"
+    """Also checkpoint each whole tile, so the causal caches at chunk boundaries are kept for one tile at a
+    time, not for the whole clip (one extra forward). auto: when a clip has more than ``nested_above`` tile-chunks."""
+    nested_above: int = Field(8, ge=1)
+    memory_budget_gb: float | None = Field(None, gt=0)
+    """tokenize/reconstruct: refuse (with a message naming the clip) what would not fit this budget even tiled.
+    None: the machine's available memory."""
 
 class LossTerm(StrictModel):
     enabled: bool = True

@@ -28,6 +28,6 @@ class DecoderFusion(nn.Module):
             nn.Conv3d(cfg.hidden, z_dim, 1),
         )
 
-    def forward(self, level_outs: list[torch.Tensor]) -> torch.Tensor:
-        """[(B, dim, t_l, h_l, w_l)] -> latents (B, z_dim, t, h, w)."""
-        return self.project(torch.cat([r(x) for r, x in zip(self.resample, level_outs)], dim=1))
+    def forward(self, level_outs: list[torch.Tensor], *, first: bool = True) -> torch.Tensor:
+        """[(B, dim, t_l, h_l, w_l)] -> latents (B, z_dim, t, h, w); ``first=False`` for a later time chunk."""
+        return self.project(torch.cat([r(x, first=first) for r, x in zip(self.resample, level_outs)], dim=1))

@@ -43,15 +43,20 @@ def fine_frame_range(start: int, stop: int, factor_t: int) -> tuple[int, int]:
     return lo, hi
 
 
-def causal_avg_pool(x: torch.Tensor, factor_t: int, factor_s: int) -> torch.Tensor:
-    """Average (B, C, t, h, w) onto a grid ``factor_t`` x ``factor_s`` coarser (frame 0 pooled alone)."""
+def causal_avg_pool(x: torch.Tensor, factor_t: int, factor_s: int, *, first: bool = True) -> torch.Tensor:
+    """Average (B, C, t, h, w) onto a grid ``factor_t`` x ``factor_s`` coarser (frame 0 pooled alone).
+
+    ``first=False``: ``x`` is a later time chunk of the clip (no frame 0 in it), pooled in runs of ``factor_t``.
+    """
     if factor_t == 1 and factor_s == 1:
         return x
-    first = F.avg_pool3d(x[:, :, :1], (1, factor_s, factor_s))
+    if not first:
+        return F.avg_pool3d(x, (factor_t, factor_s, factor_s))
+    head = F.avg_pool3d(x[:, :, :1], (1, factor_s, factor_s))
     if x.shape[2] == 1:
-        return first
+        return head
     rest = F.avg_pool3d(x[:, :, 1:], (factor_t, factor_s, factor_s))
-    return torch.cat([first, rest], dim=2)
+    return torch.cat([head, rest], dim=2)
 
 
 class CausalPatchDown(nn.Module):
@@ -69,8 +74,9 @@ class CausalPatchDown(nn.Module):
         kernel = (factor_t, factor_s, factor_s)
         self.conv = nn.Conv3d(in_dim, out_dim, kernel, stride=kernel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.factor_t > 1:
+    def forward(self, x: torch.Tensor, *, first: bool = True) -> torch.Tensor:
+        """``first=False``: ``x`` is a later time chunk (starts on a cell boundary, so no front padding)."""
+        if self.factor_t > 1 and first:
             x = F.pad(x, (0, 0, 0, 0, self.factor_t - 1, 0))
         return self.conv(x)
 

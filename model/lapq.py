@@ -75,10 +75,11 @@ class LapqLevel(nn.Module):
                                          inv_temperature=cfg.inv_temperature)
         self.from_code = nn.Linear(cfg.code_bits, cfg.dim)
 
-    def forward(self, feature: torch.Tensor, prev_out: torch.Tensor | None, text: TextEmbedding | None) -> tuple[Quantized, torch.Tensor]:
+    def forward(self, feature: torch.Tensor, prev_out: torch.Tensor | None, text: TextEmbedding | None, *,
+                first: bool = True) -> tuple[Quantized, torch.Tensor]:
         h = self.norm(self.lateral(to_tokens(feature)))
         if self.prev is not None:
-            h = h + to_tokens(self.prev(prev_out))
+            h = h + to_tokens(self.prev(prev_out, first=first))
         if self.text_attn is not None:
             if text is None:
                 raise ValueError("this model conditions its quantizers on text: pass one caption per video")
@@ -112,11 +113,12 @@ class Lapq(nn.Module):
     def code_bits(self) -> int:
         return self.cfg.code_bits
 
-    def forward(self, taps: list[torch.Tensor], text: TextEmbedding | None) -> list[LevelOutput]:
+    def forward(self, taps: list[torch.Tensor], text: TextEmbedding | None, *, first: bool = True) -> list[LevelOutput]:
+        """``first=False``: the taps are a later time chunk of the clip (every op is local to a coarse cell)."""
         outputs: list[LevelOutput] = []
         prev = None
         for level, grid, feature in zip(self.levels, self.grids, taps):
-            q, out = level(feature, prev, text)
+            q, out = level(feature, prev, text, first=first)
             outputs.append(LevelOutput(grid=grid, quantized=q, out=out))
             prev = out
         return outputs

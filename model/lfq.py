@@ -81,14 +81,24 @@ def group_code_log_probs(logits: torch.Tensor) -> torch.Tensor:
     return half @ codes.T - log_norm
 
 
+def code_distribution_sum(logits: torch.Tensor, group_bits: int) -> torch.Tensor:
+    """(groups, 2^g): per bit group, the sum over tokens of each token's distribution over that group's sub-codes.
+
+    A sum, so it can be accumulated over tiles and time chunks; ``/ tokens`` is the batch average.
+    """
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    return torch.stack([group_code_log_probs(group).exp().sum(0) for group in flat.split(group_bits, dim=-1)])
+
+
+def entropy_of_average(average: torch.Tensor) -> torch.Tensor:
+    """Sum over groups of the entropy (nats) of each group's averaged distribution (rows of ``average``)."""
+    return -(average * average.clamp_min(1e-12).log()).sum()
+
+
 def codebook_entropy(logits: torch.Tensor, group_bits: int) -> torch.Tensor:
     """Entropy (nats) of the token-averaged code distribution, exact within groups of ``group_bits`` bits, summed."""
-    flat = logits.reshape(-1, logits.shape[-1]).float()
-    total = flat.new_zeros(())
-    for group in flat.split(group_bits, dim=-1):
-        avg = group_code_log_probs(group).exp().mean(0)
-        total = total - (avg * avg.clamp_min(1e-12).log()).sum()
-    return total
+    tokens = logits.numel() // logits.shape[-1]
+    return entropy_of_average(code_distribution_sum(logits, group_bits) / tokens)
 
 
 def per_token_entropy(logits: torch.Tensor) -> torch.Tensor:

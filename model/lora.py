@@ -88,8 +88,10 @@ def conv_names(module: nn.Module) -> list[str]:
     return [name for name, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)) and name]
 
 
-def add_lora(module: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0, adapter_name: str = ADAPTER_NAME) -> list[str]:
-    """Inject LoRA into every conv of ``module`` in place; returns the adapted module names.
+def add_lora(module: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0, adapter_name: str = ADAPTER_NAME,
+             within: tuple[str, ...] | None = None) -> list[str]:
+    """Inject LoRA into every conv of ``module`` (only those under the ``within`` submodules, if given) in place;
+    returns the adapted module names.
 
     LoRA B starts at zero, so the adapted module computes exactly what the frozen one does.
     """
@@ -97,6 +99,8 @@ def add_lora(module: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
     targets = conv_names(module)
+    if within is not None:
+        targets = [t for t in targets if any(t == w or t.startswith(w + ".") for w in within)]
     if not targets:
         raise ValueError(f"{type(module).__name__} has no conv layers to adapt")
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, init_lora_weights=True)

@@ -40,13 +40,36 @@ def masked_frame_count(frames: int, ratio: float) -> int:
     return min(frames - 1, int(round(ratio * frames)))
 
 
-def apply_mask(video: torch.Tensor, cfg: MaskingConfig, *, patch: int, progress: float,
-               generator: torch.Generator | None = None) -> MaskResult:
-    b, _, t, h, w = video.shape
+@dataclass
+class MaskDraw:
+    """Which frames and patches one batch masks; applied to the whole clip or to any crop of it."""
+
+    frames: torch.Tensor
+    """(B, T) bool."""
+    patches: torch.Tensor
+    """(B, T, H/p, W/p) bool (frame masks excluded)."""
+    patch: int
+    spatial_ratio: float
+    fill_value: float
+
+    def apply(self, video: torch.Tensor, *, frame0: int = 0, y0: int = 0, x0: int = 0) -> torch.Tensor:
+        """Mask ``video`` (B, 3, t, h, w), the crop of the clip that starts at frame ``frame0``, pixel (y0, x0)."""
+        _, _, t, h, w = video.shape
+        frames = self.frames[:, frame0 : frame0 + t]
+        rows = torch.arange(y0, y0 + h) // self.patch
+        cols = torch.arange(x0, x0 + w) // self.patch
+        patches = self.patches[:, frame0 : frame0 + t].index_select(2, rows).index_select(3, cols)
+        pixel = (patches | frames[:, :, None, None]).to(video.device)[:, None]
+        return torch.where(pixel, torch.full_like(video, self.fill_value), video)
+
+
+def draw_mask(shape: tuple[int, ...], cfg: MaskingConfig, *, patch: int, progress: float,
+              generator: torch.Generator | None = None) -> MaskDraw:
+    """The masks of a (B, 3, T, H, W) batch (drawn on the CPU generator: reproducible whatever the device)."""
+    b, _, t, h, w = shape
     if h % patch or w % patch:
         raise ValueError(f"masking patch {patch} does not divide the {h}x{w} frames")
     gh, gw = h // patch, w // patch
-    # Masks are drawn on the CPU generator (reproducible whatever the device), then moved.
     n_frames = masked_frame_count(t, cfg.frame_ratio)
     frames = torch.zeros(b, t, dtype=torch.bool)
     if n_frames:
@@ -60,7 +83,11 @@ def apply_mask(video: torch.Tensor, cfg: MaskingConfig, *, patch: int, progress:
         patches.scatter_(2, order, True)
         patches[:, 0] = False
     patches = patches.view(b, t, gh, gw) & ~frames[:, :, None, None]
-    pixel = patches.repeat_interleave(patch, 2).repeat_interleave(patch, 3) | frames[:, :, None, None]
-    pixel = pixel.to(video.device)[:, None]
-    masked = torch.where(pixel, torch.full_like(video, cfg.fill_value), video)
-    return MaskResult(video=masked, frames=frames.to(video.device), patches=patches.to(video.device), spatial_ratio=ratio)
+    return MaskDraw(frames=frames, patches=patches, patch=patch, spatial_ratio=ratio, fill_value=cfg.fill_value)
+
+
+def apply_mask(video: torch.Tensor, cfg: MaskingConfig, *, patch: int, progress: float,
+               generator: torch.Generator | None = None) -> MaskResult:
+    drawn = draw_mask(tuple(video.shape), cfg, patch=patch, progress=progress, generator=generator)
+    return MaskResult(video=drawn.apply(video), frames=drawn.frames.to(video.device),
+                      patches=drawn.patches.to(video.device), spatial_ratio=drawn.spatial_ratio)

@@ -29,7 +29,7 @@ from pyratok.model.losses import codebook as codebook_losses
 from pyratok.model.losses.lpips import Lpips
 from pyratok.model.losses.recon import frames_of, l1, psnr, ssim_loss
 from pyratok.model.losses.retention import dino_retention, drift
-from pyratok.model.masking import apply_mask
+from pyratok.model.masking import draw_mask
 from pyratok.model.metrics import codebook_usage, perplexity
 from pyratok.model.pyramid import TokenPyramid
 from pyratok.model.semantic_head import SemanticHead
@@ -149,9 +149,9 @@ class PyraTok(nn.Module):
             raise ValueError(f"text must be a list of {batch} strings (one per video), got {text!r:.80}")
         return self.text_encoder(list(text)).to(self.device)
 
-    def _levels(self, video: torch.Tensor, text: TextEmbedding | None) -> tuple[list[LevelOutput], torch.Tensor]:
-        taps, mu = self.backbone.encode(video)
-        return self.lapq(taps, text), mu
+    def _levels(self, video: torch.Tensor, text: TextEmbedding | None) -> tuple[list[LevelOutput], list[torch.Tensor]]:
+        taps, _ = self.backbone.encode(video, with_mu=False)
+        return self.lapq(taps, text), taps
 
     @torch.no_grad()
     def quantize(self, video: torch.Tensor, text: TextEmbedding | None) -> list[torch.Tensor]:
@@ -197,20 +197,80 @@ class PyraTok(nn.Module):
                 or (lc.ar.enabled and self.config.ar.max_text_tokens > 0))
 
     def forward(self, video: torch.Tensor, text: list[str] | None = None, *, progress: float = 0.0) -> PyraTokOutput:
+        """Training forward: the loss (weighted sum of the named terms), each term, stats, tokens, reconstruction.
+
+        With ``tiling.train`` (default) the VAE runs in spatial tiles x causal time chunks under activation
+        checkpointing (``model/bounded.py``): memory bounded by one tile-chunk, same loss and gradients.
+        """
         self.check_video(video)
         cfg, lc = self.config, self.config.losses
         stats: dict[str, torch.Tensor] = {}
         temb = self.embed_text(text, video.shape[0]) if self._needs_text() else None
 
-        inputs = video
+        mask = None
         if self.training and cfg.masking.enabled:
-            masked = apply_mask(video, cfg.masking, patch=cfg.masking.patch_size or self.spatial_multiple,
-                                progress=progress)
-            inputs = masked.video
-            stats["mask/frame_ratio"] = masked.frames.float().mean()
-            stats["mask/spatial_ratio"] = torch.tensor(masked.spatial_ratio)
+            mask = draw_mask(tuple(video.shape), cfg.masking, patch=cfg.masking.patch_size or self.spatial_multiple,
+                             progress=progress)
+            stats["mask/frame_ratio"] = mask.frames.float().mean()
+            stats["mask/spatial_ratio"] = torch.tensor(mask.spatial_ratio)
+        terms, recon, ids = (self._bounded_terms if cfg.tiling.train else self._untiled_terms)(video, temb, mask, stats)
 
-        levels, mu = self._levels(inputs, temb)
+        weighted = {name: value * lc.effective_weight(name) for name, value in terms.items()}
+        loss = torch.stack(list(weighted.values())).sum() if weighted else sum(p.sum() * 0 for p in self.lapq.parameters())
+        pyramid = TokenPyramid(ids, list(self.lapq.grids), tuple(video.shape[2:]), self.lapq.code_bits)
+        for i, level_ids in enumerate(ids, start=1):
+            stats[f"codebook_usage/level{i}"] = codebook_usage(level_ids, self.lapq.code_bits)
+            stats[f"perplexity/level{i}"] = perplexity(level_ids)
+        return PyraTokOutput(loss=loss, losses=terms, weighted=weighted, recon=recon, pyramid=pyramid,
+                             metrics=_to_floats(stats))
+
+    def _sample_indices(self, frames: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Frames scored by LPIPS and by DINO (None: that term is off)."""
+        from pyratok.model.dino import sample_frames
+
+        lc = self.config.losses
+        lpips = sample_frames(frames, lc.lpips.max_frames) if lc.lpips.enabled and self.lpips is not None else None
+        if lc.dino.enabled and self.dino is None:
+            raise ValueError("losses.dino is enabled but the model was built without DINO; rebuild or reload it")
+        dino = sample_frames(frames, self.dino.max_frames) if lc.dino.enabled else None
+        return lpips, dino
+
+    def _frame_terms(self, recon_frames, video: torch.Tensor, lpips_idx, dino_idx) -> dict[str, torch.Tensor]:
+        """LPIPS and DINO retention on sampled frames; ``recon_frames(idx)`` gives (B, 3, n, H, W) of the reconstruction."""
+        terms = {}
+        if lpips_idx is not None:
+            rec, tgt = recon_frames(lpips_idx), video.index_select(2, lpips_idx.to(video.device))
+            terms["lpips"] = self.lpips(frames_of(rec), frames_of(tgt)).mean()
+        if dino_idx is not None:
+            with torch.no_grad():
+                target = self.dino(frames_of(video.index_select(2, dino_idx.to(video.device))))
+            terms["dino"] = dino_retention(self.dino(frames_of(recon_frames(dino_idx))), target)
+        return terms
+
+    def _bounded_terms(self, video, temb, mask, stats):
+        from pyratok.model.bounded import bounded_forward
+
+        lc = self.config.losses
+        lpips_idx, dino_idx = self._sample_indices(video.shape[2])
+        wanted = sorted({int(k) for idx in (lpips_idx, dino_idx) if idx is not None for k in idx})
+        out = bounded_forward(self, video, temb, mask=mask, want_ar=lc.ar.enabled, sample_frames=tuple(wanted))
+        terms = dict(out.terms)
+        stats.update(out.stats)
+        if lc.text_align.enabled:
+            semantics = self.semantic_head(out.pooled_bits)
+            terms["text_align"] = codebook_losses.text_alignment(semantics, temb.pooled, lc.text_align.temperature)
+        if lc.ar.enabled:
+            ar = self.ar_head.forward_window(out.window_bits, temb, out.window)
+            self._ar_stats(ar, terms, stats)
+        terms.update(self._frame_terms(lambda idx: torch.stack([out.sampled[int(k)] for k in idx], dim=2), video,
+                                       lpips_idx, dino_idx))
+        return _ordered(terms), out.recon, out.ids
+
+    def _untiled_terms(self, video, temb, mask, stats):
+        """The plain forward through diffusers' own encode/decode loops (the reference the tiled one equals)."""
+        cfg, lc = self.config, self.config.losses
+        inputs = video if mask is None else mask.apply(video)
+        levels, taps = self._levels(inputs, temb)
         recon = self.backbone.decode(self.fusion([lv.out for lv in levels]))
 
         terms: dict[str, torch.Tensor] = {}
@@ -218,8 +278,6 @@ class PyraTok(nn.Module):
             terms["l1"] = l1(recon, video)
         if lc.ssim.enabled:
             terms["ssim"] = ssim_loss(recon, video)
-        if lc.lpips.enabled and self.lpips is not None:
-            terms["lpips"] = self._lpips(recon, video)
         if lc.commitment.enabled:
             terms["commitment"] = codebook_losses.commitment(levels)
         if lc.entropy.enabled:
@@ -236,34 +294,26 @@ class PyraTok(nn.Module):
             terms["text_align"] = codebook_losses.text_alignment(semantics, temb.pooled, lc.text_align.temperature)
         if lc.ar.enabled:
             ar = self.ar_head([lv.quantized.bits for lv in levels], list(self.lapq.grids), temb)
-            terms["ar"] = ar.loss
-            stats["ar/bit_accuracy"] = ar.bit_accuracy
-            stats["ar/tokens"] = torch.tensor(float(ar.tokens))
+            self._ar_stats(ar, terms, stats)
         if lc.drift.enabled:
-            terms["drift"] = drift(mu, self.backbone.frozen_mu(inputs))
-        if lc.dino.enabled:
-            if self.dino is None:
-                raise ValueError("losses.dino is enabled but the model was built without DINO; rebuild or reload it")
-            with torch.no_grad():
-                target = self.dino.video_features(video)
-            terms["dino"] = dino_retention(self.dino.video_features(recon), target)
-
-        weighted = {name: value * lc.effective_weight(name) for name, value in terms.items()}
-        loss = torch.stack(list(weighted.values())).sum() if weighted else recon.sum() * 0
-        pyramid = TokenPyramid([lv.ids for lv in levels], list(self.lapq.grids), tuple(video.shape[2:]),
-                               self.lapq.code_bits)
+            terms["drift"] = drift(taps, self.backbone.frozen_taps(inputs))
+        lpips_idx, dino_idx = self._sample_indices(video.shape[2])
+        terms.update(self._frame_terms(lambda idx: recon.index_select(2, idx.to(recon.device)), video, lpips_idx, dino_idx))
         stats["psnr"] = psnr(recon.detach(), video)
-        for i, lv in enumerate(levels, start=1):
-            stats[f"codebook_usage/level{i}"] = codebook_usage(lv.ids, self.lapq.code_bits)
-            stats[f"perplexity/level{i}"] = perplexity(lv.ids)
-        return PyraTokOutput(loss=loss, losses=terms, weighted=weighted, recon=recon, pyramid=pyramid,
-                             metrics=_to_floats(stats))
+        return _ordered(terms), recon, [lv.ids for lv in levels]
 
-    def _lpips(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from pyratok.model.dino import sample_frames
+    @staticmethod
+    def _ar_stats(ar, terms, stats) -> None:
+        terms["ar"] = ar.loss
+        stats["ar/bit_accuracy"] = ar.bit_accuracy
+        stats["ar/tokens"] = torch.tensor(float(ar.tokens))
 
-        idx = sample_frames(recon.shape[2], self.config.losses.lpips.max_frames).to(recon.device)
-        return self.lpips(frames_of(recon.index_select(2, idx)), frames_of(target.index_select(2, idx))).mean()
+
+def _ordered(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Terms in the config's order, so both forwards sum them in the same order."""
+    from pyratok.model.config import LOSS_TERMS
+
+    return {name: terms[name] for name in LOSS_TERMS if name in terms}
 
 
 def _to_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -21,12 +21,16 @@ def gaussian_window(size: int, sigma: float, device=None) -> torch.Tensor:
     return g / g.sum()
 
 
-def ssim(images_a: torch.Tensor, images_b: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM of (N, C, H, W) images in [-1, 1] (computed on [0, 1], valid-window Gaussian, per channel)."""
+def ssim_window(height: int, width: int, window: int = 11) -> int:
+    """The (odd) Gaussian window side used on frames of this size."""
+    size = min(window, height, width)
+    return size - (1 - size % 2)
+
+
+def ssim_map(images_a: torch.Tensor, images_b: torch.Tensor, *, size: int, sigma: float = 1.5) -> torch.Tensor:
+    """Per-position SSIM (N, C, H-size+1, W-size+1) of images in [-1, 1] (on [0, 1], valid Gaussian window)."""
     a = (images_a.float() + 1) / 2
     b = (images_b.float() + 1) / 2
-    size = min(window, a.shape[-1], a.shape[-2])
-    size -= 1 - size % 2  # odd
     g = gaussian_window(size, sigma, a.device)
     channels = a.shape[1]
     kernel_h = g.view(1, 1, size, 1).repeat(channels, 1, 1, 1)
@@ -40,8 +44,13 @@ def ssim(images_a: torch.Tensor, images_b: torch.Tensor, *, window: int = 11, si
     var_a = blur(a * a) - mu_a**2
     var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
-    score = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return score.mean()
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
+
+def ssim(images_a: torch.Tensor, images_b: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM of (N, C, H, W) images in [-1, 1] (computed on [0, 1], valid-window Gaussian, per channel)."""
+    size = ssim_window(images_a.shape[-2], images_a.shape[-1], window)
+    return ssim_map(images_a, images_b, size=size, sigma=sigma).mean()
 
 
 def ssim_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

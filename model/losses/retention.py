@@ -1,6 +1,9 @@
 """Keeping the adapted tokenizer close to its pretrained anchors.
 
-- drift: ||mu_LoRA(X) - sg(mu_frozen(X))||^2, the encoder's latent mean with and without adapters;
+- drift: ||F_LoRA(X) - sg(F_frozen(X))||^2 on the tapped features the tokenizer quantizes (mean per tap,
+  averaged over taps), with and without adapters. Not on mu: the tokenizer never uses mu, and the adapters
+  past the last tap would then get gradient from drift alone and could cancel it while the taps move freely;
+  so there are no adapters past the last tap either;
 - DINO retention: 1 - cos(DINO(frames_hat), DINO(frames)) with a frozen DINO.
 """
 
@@ -10,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 
-def drift(mu_adapted: torch.Tensor, mu_frozen: torch.Tensor) -> torch.Tensor:
-    return (mu_adapted.float() - mu_frozen.detach().float()).pow(2).mean()
+def drift(adapted: list[torch.Tensor], frozen: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over taps of the mean squared difference between the adapted and the frozen encoder's features."""
+    return torch.stack([(a.float() - f.detach().float()).pow(2).mean() for a, f in zip(adapted, frozen)]).mean()
 
 
 def dino_retention(features_recon: torch.Tensor, features_target: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,370 @@
+"""The memory-bounded training forward: spatial tiles x causal time chunks, each under activation checkpointing.
+
+The paper's "VAE tiling" for training at 512²..4096² x 17..97 frames. What is alive at once is one
+tile-chunk of the VAE (recomputed in backward), plus what scales with the token grids (the latent
+grid, the decoder's mid-block features, per-level token ids and the AR window) and the
+input/output tensors themselves.
+
+1. Encoder regions. For each spatial tile (its crop widened by the encoder halo) and each chunk of
+   latent frames: the LoRA encoder up to the deepest tap (``region.encoder_taps``, the causal cache
+   passed in and out explicitly), the taps cut to the tile's interior, the LaPQ levels and the
+   decoder fusion on that interior (every op after the taps is local to a coarse cell), and the
+   *sums* that the token-level losses are means of (commitment, entropies, KLs, pooled bits,
+   drift against the frozen encoder's taps). Out come the interior's latents, those sums, its token
+   ids and its part of the AR window.
+2. Decoder head: ``conv_in`` + the mid block on whole frames of the stitched latents (its attention
+   spans the frame), one chunk at a time; its features are kept for the clip (latent grid).
+3. Decoder tail. For each spatial tile of those features (widened by the decoder halo) and each chunk:
+   up blocks and output head, the pixels cut to the interior (plus the SSIM window's margin), and the
+   reconstruction sums (L1, SSIM map, squared error) against the target's same crop. Frames sampled
+   for LPIPS/DINO come out with their gradient and are scored whole afterwards.
+
+Each region runs under ``torch.utils.checkpoint`` (non-reentrant), so backward recomputes it from
+its inputs (the crop, the cache it was given). With ``nested``, each whole tile is checkpointed too,
+so the caches at chunk borders live for one tile at a time instead of for the whole clip.
+Every loss is the same function of the same numbers as the untiled forward's (sums over
+disjoint interiors, divided once), so the tiled loss and gradients equal the untiled ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
+
+from pyratok.model.grid import causal_avg_pool, fine_frame_range, to_channels, to_tokens
+from pyratok.model.lfq import bernoulli_entropy, bernoulli_kl, bernoulli_kl_probs, code_distribution_sum, entropy_of_average
+from pyratok.model.losses.recon import frames_of, ssim_map, ssim_window
+from pyratok.model.region import decoder_head, decoder_pixels, encoder_taps, interior_taps
+from pyratok.model.tile_plan import Span, TilePlan, plan_for
+from pyratok.model.vae_chunks import new_cache
+
+if TYPE_CHECKING:
+    from pyratok.model.ar_window import Window
+    from pyratok.model.masking import MaskDraw
+    from pyratok.model.text_encoder import TextEmbedding
+    from pyratok.model.tokenizer import PyraTok
+
+
+@dataclass
+class BoundedResult:
+    """What the tokenizer's forward needs to finish: the loss terms, stats, ids and the (detached) reconstruction."""
+
+    terms: dict[str, torch.Tensor]
+    stats: dict[str, torch.Tensor]
+    ids: list[torch.Tensor]
+    recon: torch.Tensor
+    window: "Window | None" = None
+    window_bits: list[torch.Tensor] | None = None
+    """Per level, the AR window's straight-through bits (B, t, h, w, bits)."""
+    pooled_bits: torch.Tensor | None = None
+    """(B, bits) mean bits per level, averaged over levels (for the text-codebook alignment)."""
+    sampled: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Frame index -> reconstructed frame (B, 3, H, W) with its gradient (LPIPS, DINO)."""
+
+
+class Runner:
+    """Runs ``fn`` under activation checkpointing (or plainly, when off or without grad)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, fn: Callable, *args: Any) -> Any:
+        if self.enabled and torch.is_grad_enabled():
+            return torch_checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+
+def resolve_nested(model: "PyraTok", plan: TilePlan, shape: tuple[int, ...]) -> bool:
+    mode = model.config.tiling.nested
+    if mode != "auto":
+        return mode == "always"
+    _, _, frames, height, width = shape
+    return plan.tile_chunks(frames, height, width) > model.config.tiling.nested_above
+
+
+def _add(sums: dict[str, Any], key: str, value: torch.Tensor) -> None:
+    sums[key] = value if key not in sums else sums[key] + value
+
+
+# -- 1. encoder regions ------------------------------------------------------------------------------------------
+@dataclass
+class EncodeSpec:
+    """What every encoder region of one forward needs besides its crop and caches."""
+
+    model: Any
+    plan: TilePlan
+    text: Any
+    mask: Any
+    window: Any
+    text_logits: torch.Tensor | None
+    drift: bool
+
+
+def _window_part(window: "Window", grids, level: int, t_range, rows: Span, cols: Span, f: int):
+    """(source slices in the region's level tensor, destination slices in the window tensor) or None."""
+    ts, ys, xs = window.level_slices(grids[level], grids[-1])
+    region = ((t_range[0], t_range[1]), (rows.start * f, rows.stop * f), (cols.start * f, cols.stop * f))
+    src, dst = [], []
+    for (w0, w1), (r0, r1) in zip(((ts.start, ts.stop), (ys.start, ys.stop), (xs.start, xs.stop)), region):
+        lo, hi = max(w0, r0), min(w1, r1)
+        if lo >= hi:
+            return None
+        src.append(slice(lo - r0, hi - r0))
+        dst.append(slice(lo - w0, hi - w0))
+    return tuple(src), tuple(dst)
+
+
+def encode_region(spec: EncodeSpec, rows: Span, cols: Span, j0: int, j1: int, crop: torch.Tensor,
+                  cache: list, frozen_cache: list | None):
+    model, plan = spec.model, spec.plan
+    first = j0 == 0
+    f0, _ = plan.frames_of(j0, j1)
+    inputs = crop
+    if spec.mask is not None:
+        inputs = spec.mask.apply(crop, frame0=f0, y0=rows.lo * plan.cell, x0=cols.lo * plan.cell)
+    taps, cache = encoder_taps(model, inputs, cache, first=first)
+    taps = interior_taps(model, taps, rows, cols)
+    levels = model.lapq(taps, spec.text, first=first)
+    latents = model.fusion([lv.out for lv in levels], first=first)
+
+    lc, lapq_cfg = model.config.losses, model.config.lapq
+    sums: dict[str, torch.Tensor] = {}
+    grids = list(model.lapq.grids)
+    windows = []
+    for i, lv in enumerate(levels):
+        q = lv.quantized
+        if lc.commitment.enabled:
+            sums[f"commitment/{i}"] = (q.z - q.bits.detach()).pow(2).sum()
+        if lc.entropy.enabled:
+            sums[f"token_entropy/{i}"] = bernoulli_entropy(q.logits.float()).sum()
+            sums[f"code_dist/{i}"] = code_distribution_sum(q.logits, lapq_cfg.entropy_group_bits)
+        if lc.text_kl.enabled:
+            target = spec.text_logits.detach()[:, None, None, None, :]
+            sums[f"text_kl/{i}"] = bernoulli_kl(q.logits, target).sum()
+        if lc.text_align.enabled:
+            sums[f"bits/{i}"] = q.bits.flatten(1, 3).sum(1)
+        if lc.hier_kl.enabled and i > 0:
+            parent = levels[i - 1]
+            ft, fs = parent.grid.ratio_to(lv.grid)
+            parent_p = to_tokens(causal_avg_pool(to_channels(torch.sigmoid(parent.quantized.logits)), ft, fs, first=first))
+            sums[f"hier_kl/{i}"] = bernoulli_kl_probs(torch.sigmoid(q.logits), parent_p).sum()
+        if spec.window is not None:
+            ft = grids[i].ratio_to(grids[-1])[0]
+            part = _window_part(spec.window, grids, i, fine_frame_range(j0, j1, ft), rows, cols,
+                                plan.cell // grids[i].stride)
+            windows.append(None if part is None else (q.bits[(slice(None), *part[0])], part[1]))
+    if spec.drift:
+        with torch.no_grad():
+            frozen, frozen_cache = encoder_taps(model, inputs, frozen_cache, first=first, adapted=False)
+            frozen = interior_taps(model, frozen, rows, cols)
+        for i, (a, b) in enumerate(zip(taps, frozen)):
+            sums[f"drift/{i}"] = (a.float() - b.float()).pow(2).sum()
+    ids = [lv.ids for lv in levels]
+    return latents, sums, ids, windows, cache, frozen_cache
+
+
+def encode_tile(spec: EncodeSpec, rows: Span, cols: Span, run: Runner, crop: torch.Tensor):
+    """Every chunk of one spatial tile, the causal cache handed from chunk to chunk."""
+    model, plan = spec.model, spec.plan
+    encoder = model.backbone.vae.encoder
+    cache, frozen_cache = new_cache(encoder), (new_cache(encoder) if spec.drift else None)
+    out = []
+    for j0, j1 in plan.chunks(crop.shape[2]):
+        f0, f1 = plan.frames_of(j0, j1)
+        step = functools.partial(encode_region, spec, rows, cols, j0, j1)
+        latents, sums, ids, windows, cache, frozen_cache = run(step, crop[:, :, f0:f1], cache, frozen_cache)
+        out.append((latents, sums, ids, windows))
+    latents = torch.cat([o[0] for o in out], dim=2)
+    sums: dict[str, torch.Tensor] = {}
+    for o in out:
+        for key, value in o[1].items():
+            _add(sums, key, value)
+    ids = [torch.cat([o[2][i] for o in out], dim=1) for i in range(len(out[0][2]))]
+    windows = [(level, part) for o in out for level, part in enumerate(o[3]) if part is not None]
+    return latents, sums, ids, windows
+
+
+# -- 2./3. decoder ----------------------------------------------------------------------------------------------
+def decode_head_all(model: "PyraTok", plan: TilePlan, run: Runner, latents: torch.Tensor) -> torch.Tensor:
+    cache = new_cache(model.backbone.vae.decoder)
+    feats = []
+    for j0, j1 in time_chunks_of(plan, latents.shape[2]):
+        feat, cache = run(functools.partial(decoder_head, model), latents[:, :, j0:j1], cache)
+        feats.append(feat)
+    return torch.cat(feats, dim=2)
+
+
+def time_chunks_of(plan: TilePlan, latent_frames: int) -> list[tuple[int, int]]:
+    return [(j, min(j + plan.time_chunk, latent_frames)) for j in range(0, latent_frames, plan.time_chunk)]
+
+
+@dataclass
+class DecodeSpec:
+    model: Any
+    plan: TilePlan
+    target: torch.Tensor
+    ssim_size: int
+    sample_frames: tuple[int, ...]
+
+
+def decode_region(spec: DecodeSpec, rows: Span, cols: Span, j0: int, j1: int, features: torch.Tensor, cache: list):
+    plan, target = spec.plan, spec.target
+    s = plan.latent_stride
+    height, width = target.shape[-2:]
+    pixels, cache = decoder_pixels(spec.model, features, cache, first=j0 == 0)
+    f0, f1 = plan.frames_of(j0, j1)
+    y0, x0 = rows.start * s, cols.start * s  # interior, global pixels
+    h, w = rows.size * s, cols.size * s
+    # the SSIM window reaches size-1 pixels past the interior (within the exact margin of the halo)
+    my, mx = min(spec.ssim_size - 1, height - y0 - h), min(spec.ssim_size - 1, width - x0 - w)
+    for extra in (my, mx):
+        if extra > plan.exact_margin():
+            raise ValueError(f"decoder halo of {plan.decoder_halo} latent cells leaves no exact room for the SSIM window")
+    py, px = rows.offset * s, cols.offset * s
+    recon = pixels[..., py : py + h + my, px : px + w + mx]
+    tgt = target[:, :, f0:f1, y0 : y0 + h + my, x0 : x0 + w + mx]
+    inner, inner_tgt = recon[..., :h, :w], tgt[..., :h, :w]
+    diff = inner.float() - inner_tgt.float()
+    sums = {"l1": diff.abs().sum(), "sq": (diff.detach() / 2).pow(2).sum()}
+    # SSIM positions this tile owns: those whose window starts inside its interior
+    own_y, own_x = min(h, height - spec.ssim_size + 1 - y0), min(w, width - spec.ssim_size + 1 - x0)
+    if own_y > 0 and own_x > 0:
+        score = ssim_map(frames_of(recon), frames_of(tgt), size=spec.ssim_size)
+        sums["ssim"] = score[..., :own_y, :own_x].sum()
+    sampled = {k: inner[:, :, k - f0] for k in spec.sample_frames if f0 <= k < f1}
+    return sums, sampled, inner.detach(), cache
+
+
+def decode_tile(spec: DecodeSpec, rows: Span, cols: Span, run: Runner, features: torch.Tensor):
+    cache = new_cache(spec.model.backbone.vae.decoder)
+    sums: dict[str, torch.Tensor] = {}
+    sampled: dict[int, torch.Tensor] = {}
+    pieces = []
+    for j0, j1 in time_chunks_of(spec.plan, features.shape[2]):
+        step = functools.partial(decode_region, spec, rows, cols, j0, j1)
+        part_sums, part_sampled, recon, cache = run(step, features[:, :, j0:j1], cache)
+        for key, value in part_sums.items():
+            _add(sums, key, value)
+        sampled.update(part_sampled)
+        pieces.append(recon)
+    return sums, sampled, torch.cat(pieces, dim=2)
+
+
+# -- the forward -------------------------------------------------------------------------------------------------
+def _stitch_rows(tiles: list[tuple[Span, Span]], pieces: list[torch.Tensor]) -> torch.Tensor:
+    """Interior pieces of a row-major tile grid -> one tensor (differentiable concatenation)."""
+    rows: dict[int, list[torch.Tensor]] = {}
+    for (r, _), piece in zip(tiles, pieces):
+        rows.setdefault(r.start, []).append(piece)
+    return torch.cat([torch.cat(row, dim=-1) for _, row in sorted(rows.items())], dim=-2)
+
+
+def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding | None", *, mask: "MaskDraw | None",
+                    want_ar: bool, sample_frames: tuple[int, ...]) -> BoundedResult:
+    cfg, lc = model.config, model.config.losses
+    plan = plan_for(model)
+    run = Runner(cfg.tiling.checkpoint)
+    nested = Runner(cfg.tiling.checkpoint and resolve_nested(model, plan, tuple(video.shape)))
+    b, _, frames, height, width = video.shape
+    grids = list(model.lapq.grids)
+    shapes = [g.shape(frames, height, width) for g in grids]
+
+    window = model.ar_head.choose_window(shapes[-1], grids) if want_ar else None
+    text_logits = (model.semantic_head.text_code_logits(text.pooled, lc.text_kl.temperature)
+                   if lc.text_kl.enabled else None)
+    spec = EncodeSpec(model=model, plan=plan, text=text, mask=mask, window=window, text_logits=text_logits,
+                      drift=lc.drift.enabled)
+
+    tiles = plan.encoder_tiles(height, width)
+    latent_pieces, id_pieces, sums, window_parts = [], [], {}, []
+    for rows, cols in tiles:
+        crop = video[..., rows.lo * plan.cell : rows.hi * plan.cell, cols.lo * plan.cell : cols.hi * plan.cell]
+        latents, tile_sums, ids, tagged = nested(functools.partial(encode_tile, spec, rows, cols, run), crop)
+        latent_pieces.append(latents)
+        id_pieces.append(ids)
+        for key, value in tile_sums.items():
+            _add(sums, key, value)
+        window_parts.extend(tagged)
+    latents = _stitch_rows(tiles, latent_pieces)
+    ids = [_stitch_rows(tiles, [p[i] for p in id_pieces]) for i in range(len(grids))]
+
+    terms, stats, pooled = level_terms(model, sums, shapes, b)
+    window_bits = None
+    if window is not None:
+        window_bits = []
+        for i, grid in enumerate(grids):
+            ts, ys, xs = window.level_slices(grid, grids[-1])
+            buf = torch.zeros(b, ts.stop - ts.start, ys.stop - ys.start, xs.stop - xs.start, cfg.lapq.code_bits,
+                              device=video.device)
+            for level, (piece, dst) in window_parts:
+                if level == i:
+                    buf[(slice(None), *dst)] = piece.to(buf.dtype)
+            window_bits.append(buf)
+
+    features = nested(functools.partial(decode_head_all, model, plan, run), latents)
+    dspec = DecodeSpec(model=model, plan=plan, target=video, ssim_size=ssim_window(height, width),
+                       sample_frames=sample_frames)
+    dec_tiles = plan.decoder_tiles(height, width)
+    rec_sums: dict[str, torch.Tensor] = {}
+    sampled: dict[int, list] = {}
+    recon_pieces = []
+    for rows, cols in dec_tiles:
+        crop = features[..., rows.lo : rows.hi, cols.lo : cols.hi]
+        tile_sums, tile_sampled, recon = nested(functools.partial(decode_tile, dspec, rows, cols, run), crop)
+        for key, value in tile_sums.items():
+            _add(rec_sums, key, value)
+        for k, v in tile_sampled.items():
+            sampled.setdefault(k, []).append(v)
+        recon_pieces.append(recon)
+    recon = _stitch_rows(dec_tiles, recon_pieces)
+    sampled_frames = {k: _stitch_rows(dec_tiles, v) for k, v in sampled.items()}
+
+    n = video.numel()
+    if lc.l1.enabled:
+        terms["l1"] = rec_sums["l1"] / n
+    if lc.ssim.enabled:
+        size = dspec.ssim_size
+        terms["ssim"] = 1 - rec_sums["ssim"] / (b * frames * 3 * (height - size + 1) * (width - size + 1))
+    mse = rec_sums["sq"] / n
+    stats["psnr"] = -10 * torch.log10(mse.clamp_min(1e-10))
+    return BoundedResult(terms=terms, stats=stats, ids=ids, recon=recon, window=window, window_bits=window_bits,
+                         pooled_bits=pooled, sampled=sampled_frames)
+
+
+def level_terms(model: "PyraTok", sums: dict[str, torch.Tensor], shapes, batch: int):
+    """The token-level loss terms from their sums (the untiled forward's means, term by term)."""
+    lc, bits = model.config.losses, model.config.lapq.code_bits
+    tokens = [batch * t * h * w for t, h, w in shapes]
+    levels = range(len(shapes))
+    terms: dict[str, torch.Tensor] = {}
+    stats: dict[str, torch.Tensor] = {}
+
+    def mean(values):
+        return torch.stack(list(values)).mean(0)
+
+    if lc.commitment.enabled:
+        terms["commitment"] = mean(sums[f"commitment/{i}"] / (tokens[i] * bits) for i in levels)
+    if lc.entropy.enabled:
+        per_level = []
+        for i in levels:
+            token_h = sums[f"token_entropy/{i}"] / tokens[i]
+            book_h = entropy_of_average(sums[f"code_dist/{i}"] / tokens[i])
+            per_level.append(token_h - lc.entropy.gamma * book_h)
+            stats[f"token_entropy/level{i + 1}"] = token_h.detach()
+            stats[f"codebook_entropy/level{i + 1}"] = book_h.detach()
+        terms["entropy"] = mean(per_level)
+    if lc.hier_kl.enabled and len(shapes) > 1:
+        terms["hier_kl"] = mean(sums[f"hier_kl/{i}"] / tokens[i] for i in levels if i > 0)
+    if lc.text_kl.enabled:
+        terms["text_kl"] = mean(sums[f"text_kl/{i}"] / tokens[i] for i in levels)
+    pooled = None
+    if lc.text_align.enabled:
+        pooled = mean(sums[f"bits/{i}"] / (tokens[i] // batch) for i in levels)
+    if lc.drift.enabled:
+        channels = model.backbone.tap_channels
+        terms["drift"] = mean(sums[f"drift/{i}"] / (tokens[i] * channels[i]) for i in levels)
+    return terms, stats, pooled
