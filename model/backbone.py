@@ -151,21 +151,9 @@ class WanBackbone(nn.Module):
         with adapters_disabled(self.vae.encoder):
             return self.encode(video, with_mu=False)[0]
 
-    def decode(self, latents: torch.Tensor, *, tile: int | None = None, overlap: int = 64) -> torch.Tensor:
-        """Latents (B, z, t, h, w) -> video (B, 3, T, H, W) in [-1, 1]; ``tile``: blended spatial tiles (pixels)."""
-        if tile is None:
-            return self.vae.decode(latents).sample
-        vae = self.vae
-        saved = (vae.use_tiling, vae.tile_sample_min_height, vae.tile_sample_min_width,
-                 vae.tile_sample_stride_height, vae.tile_sample_stride_width)
-        stride = max(tile - overlap, self.latent_grid.stride)
-        vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
-                          tile_sample_stride_height=stride, tile_sample_stride_width=stride)
-        try:
-            return vae.decode(latents).sample
-        finally:
-            (vae.use_tiling, vae.tile_sample_min_height, vae.tile_sample_min_width,
-             vae.tile_sample_stride_height, vae.tile_sample_stride_width) = saved
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, z, t, h, w) -> video (B, 3, T, H, W) in [-1, 1] (diffusers' own decode loop)."""
+        return self.vae.decode(latents).sample
 
     @property
     def z_dim(self) -> int:

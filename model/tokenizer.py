@@ -165,30 +165,44 @@ class PyraTok(nn.Module):
 
     # -- inference API ------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, text: list[str] | None = None, *, tile: int | None = None) -> TokenPyramid:
-        """Video (B, 3, T, H, W) in [-1, 1] -> TokenPyramid. ``tile`` (pixels): spatially tiled, same tokens."""
-        from pyratok.model.tiling import tiled_encode
-
+    def encode(self, video: torch.Tensor, text: list[str] | None = None, *, tile: int | None = None,
+               progress: bool = False) -> TokenPyramid:
+        """Video (B, 3, T, H, W) in [-1, 1] -> TokenPyramid. ``tile`` (pixels): tiled and time-chunked, same tokens."""
         self.check_video(video)
         temb = self.embed_text(text, video.shape[0])
         frames, height, width = video.shape[2:]
-        if tile is not None and (height > tile or width > tile):
-            return tiled_encode(self, video, temb, tile=tile, halo=self.config.tiling.halo)
-        ids = self.quantize(video, temb)
+        if tile is None:
+            ids = self.quantize(video, temb)
+        else:
+            from pyratok.model.streaming import encode_tiles, tensor_source
+            from pyratok.model.tile_plan import plan_for
+
+            ids, _ = encode_tiles(self, tensor_source(video), (video.shape[0], frames, height, width), temb,
+                                  plan=plan_for(self, tile=tile), progress=progress)
+            ids = [level.long().to(video.device) for level in ids]
         return TokenPyramid(ids, list(self.lapq.grids), (frames, height, width), self.lapq.code_bits)
 
     @torch.no_grad()
-    def decode(self, pyramid: TokenPyramid, *, tile: int | None = None) -> torch.Tensor:
-        """TokenPyramid -> video (B, 3, T, H, W) in [-1, 1]. ``tile``: fused and decoded in blended tiles."""
-        from pyratok.model.tiling import tiled_latents
-
+    def decode(self, pyramid: TokenPyramid, *, tile: int | None = None, progress: bool = False) -> torch.Tensor:
+        """TokenPyramid -> video (B, 3, T, H, W) in [-1, 1]. ``tile``: decoded tile by tile, same pixels."""
         pyramid = pyramid.to(self.device)
         if [g for g in pyramid.grids] != list(self.lapq.grids):
             raise ValueError(f"tokens were made on grids {pyramid.grids}, this model uses {self.lapq.grids}")
         if tile is None:
             return self.backbone.decode(self.fuse(pyramid.levels))
-        latents = tiled_latents(self, pyramid, tile=tile)
-        return self.backbone.decode(latents, tile=tile, overlap=self.config.tiling.decode_overlap)
+        from pyratok.model.streaming import decode_tiles, latents_from_ids
+        from pyratok.model.tile_plan import plan_for
+
+        plan = plan_for(self, tile=tile)
+        frames, height, width = pyramid.video_shape
+        out = torch.empty(pyramid.levels[0].shape[0], 3, frames, height, width, device=self.device)
+
+        def sink(pixels: torch.Tensor, t0: int, y0: int, x0: int) -> None:
+            t, h, w = pixels.shape[2:]
+            out[:, :, t0 : t0 + t, y0 : y0 + h, x0 : x0 + w] = pixels
+
+        decode_tiles(self, latents_from_ids(self, pyramid.levels, plan), sink, plan=plan, progress=progress)
+        return out
 
     # -- training forward ---------------------------------------------------------
     def _needs_text(self) -> bool:
@@ -239,8 +253,16 @@ class PyraTok(nn.Module):
         """LPIPS and DINO retention on sampled frames; ``recon_frames(idx)`` gives (B, 3, n, H, W) of the reconstruction."""
         terms = {}
         if lpips_idx is not None:
-            rec, tgt = recon_frames(lpips_idx), video.index_select(2, lpips_idx.to(video.device))
-            terms["lpips"] = self.lpips(frames_of(rec), frames_of(tgt)).mean()
+            rec, tgt = frames_of(recon_frames(lpips_idx)), frames_of(video.index_select(2, lpips_idx.to(video.device)))
+            if self.config.tiling.train and self.config.tiling.checkpoint and torch.is_grad_enabled():
+                # one full-resolution frame's VGG activations alive at a time (recomputed in backward)
+                from torch.utils.checkpoint import checkpoint
+
+                per_frame = [checkpoint(self.lpips, rec[i : i + 1], tgt[i : i + 1], use_reentrant=False)
+                             for i in range(rec.shape[0])]
+                terms["lpips"] = torch.cat(per_frame).mean()
+            else:
+                terms["lpips"] = self.lpips(rec, tgt).mean()
         if dino_idx is not None:
             with torch.no_grad():
                 target = self.dino(frames_of(video.index_select(2, dino_idx.to(video.device))))

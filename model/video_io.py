@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from pyratok.model.frame_store import FrameStore
 
 
 @dataclass
@@ -20,8 +25,8 @@ class LoadedVideo:
     """(H, W) as decoded."""
 
 
-def decode_frames(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-    """(T, H, W, 3) uint8 RGB frames and the stream's fps."""
+def iter_frames(path: str | os.PathLike, max_frames: int | None = None) -> Iterator[tuple[np.ndarray, float]]:
+    """(H, W, 3) uint8 RGB frames one at a time, each with the stream's fps (never the whole clip in memory)."""
     import av
 
     try:
@@ -34,18 +39,66 @@ def decode_frames(path: str | os.PathLike, max_frames: int | None = None) -> tup
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 24)
-        frames = []
+        count = 0
         try:
             for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if max_frames is not None and len(frames) >= max_frames:
+                yield frame.to_ndarray(format="rgb24"), fps
+                count += 1
+                if max_frames is not None and count >= max_frames:
                     break
         except av.error.FFmpegError as exc:
-            if not frames:
+            if not count:
                 raise ValueError(f"{path}: cannot decode video frames ({exc})") from exc
-    if not frames:
+    if not count:
         raise ValueError(f"{path}: contains no decodable frames")
+
+
+def decode_frames(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
+    """(T, H, W, 3) uint8 RGB frames and the stream's fps."""
+    frames, fps = [], 24.0
+    for frame, fps in iter_frames(path, max_frames):
+        frames.append(frame)
     return np.stack(frames), fps
+
+
+def fitted_size(height: int, width: int, spatial_multiple: int) -> tuple[int, int]:
+    return (max(spatial_multiple, height // spatial_multiple * spatial_multiple),
+            max(spatial_multiple, width // spatial_multiple * spatial_multiple))
+
+
+def fit_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One uint8 (H, W, 3) frame resized (bilinear, antialiased, as ``fit_video``) to ``size``, still uint8."""
+    if tuple(frame.shape[:2]) == tuple(size):
+        return frame
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+
+
+@dataclass
+class StoredVideo:
+    store: "FrameStore"
+    fps: float
+    source_frames: int
+    source_size: tuple[int, int]
+
+
+def decode_to_store(path: str | os.PathLike, directory: str | os.PathLike, *, spatial_multiple: int,
+                    temporal_multiple: int, max_frames: int | None = None) -> StoredVideo:
+    """Decode ``path`` frame by frame into a disk-backed store fitted to the model (1+4k frames, sides multiples)."""
+    from pyratok.model.frame_store import FrameStore
+
+    raw = Path(directory) / "input.rgb"
+    count, fps, size, source_size = 0, 24.0, None, None
+    with open(raw, "wb") as f:
+        for frame, fps in iter_frames(path, max_frames):
+            if size is None:
+                source_size = tuple(frame.shape[:2])
+                size = fitted_size(*source_size, spatial_multiple)
+            f.write(np.ascontiguousarray(fit_frame(frame, size)).tobytes())
+            count += 1
+    frames = 1 + temporal_multiple * ((count - 1) // temporal_multiple)
+    return StoredVideo(FrameStore(raw, frames, *size), fps, count, source_size)
 
 
 def fit_video(frames: np.ndarray, *, spatial_multiple: int, temporal_multiple: int,
@@ -73,12 +126,18 @@ def load_video(path: str | os.PathLike, *, spatial_multiple: int, temporal_multi
 
 def write_video(path: str | os.PathLike, video: torch.Tensor, fps: float, *, crf: int = 18) -> None:
     """(3, T, H, W) in [-1, 1] -> H.264 mp4 (yuv420p)."""
+    frames = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
+    write_frames(path, iter(frames), fps, height=frames.shape[1], width=frames.shape[2], crf=crf)
+
+
+def write_frames(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float, *, height: int, width: int,
+                 crf: int = 18) -> None:
+    """uint8 (H, W, 3) frames, one at a time, -> H.264 mp4 (yuv420p)."""
     import av
 
-    frames = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=max(1, round(fps)))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf)}
         for frame in frames:

@@ -1,121 +1,245 @@
-"""Per-GPU memory estimate of the paper-scale preset, from the real model at full width.
+"""Per-GPU memory of the paper-scale preset with the tiled, time-chunked, checkpointed training forward.
 
-Builds PyraTok with the production Wan 2.2 VAE architecture (random weights, same shapes), counts
-frozen and trainable parameters, then runs one training forward+backward at small probe geometries
-and measures the bytes autograd keeps for backward (``saved_tensors_hooks``, each storage counted
-once). Saved activations are a fixed part (text encoder, AR head at its token budget, DINO) plus a
-part linear in the voxel count T*H*W (the convolutional VAE, LaPQ, fusion); a least-squares line
-through the probes separates the two, and the estimate extrapolates the linear part to the
-preset's geometries and adds the parameter and ZeRO-2 optimizer-state terms. Writes a markdown table (infra/training/README.md
-quotes it).
+Builds PyraTok with the production Wan 2.2 VAE architecture (random weights, real shapes) and the
+stage-2 objective, then measures, with ``saved_tensors_hooks`` (each storage counted once):
 
-    .venv/bin/python infra/training/memory_estimate.py [--probes 5x64x64,13x64x64,5x96x96]
+1. one tile-chunk: the bytes an encoder region, a decoder-tail region and a decoder-head chunk save
+   for backward when recomputed (run once without checkpointing at two small crops, 4 frames each;
+   conv activations are linear in the crop's pixels, so a line through the probes gives them at the
+   paper's crops: 512 px tiles + the exact halos);
+2. what the checkpointed forward keeps for the whole clip (``tiling.checkpoint=True``): inputs of each
+   region, the stitched latents, the decoder mid-block features, token ids, the AR window, LPIPS
+   frames... at two clip sizes; linear in the clip's voxels;
+3. the causal caches at chunk borders, from the real modules (2 frames per causal conv): with
+   nested tile checkpointing they are alive for one tile at a time.
+
+Peak per GPU = weights (bf16) + ZeRO-2 optimizer and gradient terms + input and detached
+reconstruction (bf16) + part 2 + part 3 + the largest of part 1's regions. Writes the markdown
+tables that ``infra/training/README.md`` quotes.
+
+    .venv/bin/python infra/training/memory_estimate.py            # ~10 min on 2 CPU cores
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import time
 
+import numpy as np
 import torch
 
 GB = 1024**3
 QWEN_LM_PARAMS = 3.09e9  # Qwen2.5-VL-3B language model (text side of the alignment), frozen
 DINOV3_L_PARAMS = 0.30e9  # DINOv3 ViT-L/16, frozen, stage 3 only
 GPUS = 128
-TARGETS = [  # (label, batch per GPU, frames, height, width)
-    ("stage 1-2 mean draw: 57x1280x1280 (1:1)", 4, 57, 1280, 1280),
-    ("stage 1-2 largest: 97x2048x2048 (1:1)", 4, 97, 2048, 2048),
-    ("stage 1-2 largest, batch 1", 1, 97, 2048, 2048),
-    ("stage 3 largest: 97x4096x4096, batch 2", 2, 97, 4096, 4096),
-    ("stage 1-2 smallest: 17x512x512", 4, 17, 512, 512),
-    ("fits in 80 GB at batch 4: 17x256x256", 4, 17, 256, 256),
+HBM = 80 * GB
+TARGETS = [  # (label, global batch per GPU, frames, height, width)
+    ("stage 1-2 smallest", 4, 17, 512, 512),
+    ("stage 1-2 mean draw", 4, 57, 1280, 1280),
+    ("stage 1-2 largest", 4, 97, 2048, 2048),
+    ("stage 3 largest", 2, 97, 4096, 4096),
 ]
 
 
-def build_model():
+def build_model(tile: int):
+    from pyratok.config import load
     from pyratok.model import PyraTok
     from pyratok.model.presets import production
     from pyratok.pipelines.train.stages import stage_config
-    from pyratok.config import load
 
     cfg = load("local")
     cfg = cfg.model_copy(update={"model": production("wan2.2")})
     cfg = stage_config(cfg, 2)  # stage 2: the full objective except DINO (DINO's cost is constant)
+    cfg.model.tiling.tile = tile
     model = PyraTok.from_config(cfg.model)
-    model.train()
-    return model
+    return model.train()
 
 
-def saved_bytes(model, frames: int, size: int) -> tuple[int, float]:
-    """Bytes saved for backward by one training step at (1, 3, frames, size, size)."""
-    seen: dict[int, int] = {}
+class SavedBytes:
+    """Bytes autograd saves, split by the region kind that was running (``phase``)."""
 
-    def pack(tensor: torch.Tensor):
+    def __init__(self):
+        self.phase = "outside"
+        self.by_phase: dict[str, dict[int, int]] = {}
+
+    def pack(self, tensor: torch.Tensor):
         storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
+        self.by_phase.setdefault(self.phase, {})[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    video = torch.rand(1, 3, frames, size, size) * 2 - 1
-    started = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(video, ["a probe clip"], progress=0.5)
-    out.loss.backward()
-    model.zero_grad(set_to_none=True)
-    return sum(seen.values()), time.perf_counter() - started
+    def total(self, phase: str) -> int:
+        return sum(self.by_phase.get(phase, {}).values())
+
+    @contextlib.contextmanager
+    def hooks(self):
+        with torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t):
+            yield
+
+
+def region_probe(model, side: int) -> dict[str, int]:
+    """Saved bytes of each region kind for a clip of 5 frames x side² run as one tile (no checkpointing).
+
+    The clip's second chunk (4 frames) is what every later chunk looks like; the probe's per-region
+    maxima are taken over chunks.
+    """
+    from pyratok.model import bounded
+
+    meter = SavedBytes()
+    per_region: dict[str, int] = {}
+    originals = {name: getattr(bounded, name) for name in ("encode_region", "decode_region", "decoder_head")}
+
+    def wrap(name, fn):
+        def run(*args, **kwargs):
+            meter.phase = f"{name}:{id(args)}"
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                key = meter.phase
+                meter.phase = "outside"
+                per_region[name] = max(per_region.get(name, 0), meter.total(key))
+        return run
+
+    for name, fn in originals.items():
+        setattr(bounded, name, wrap(name, fn))
+    model.config.tiling.checkpoint = False
+    model.config.tiling.time_chunk = 1
+    try:
+        video = torch.rand(1, 3, 5, side, side) * 2 - 1
+        with meter.hooks():
+            out = model(video, ["a probe clip"], progress=0.5)
+        out.loss.backward()
+        model.zero_grad(set_to_none=True)
+    finally:
+        for name, fn in originals.items():
+            setattr(bounded, name, fn)
+        model.config.tiling.checkpoint = True
+    return per_region
+
+
+def persistent_probe(model, frames: int, side: int) -> int:
+    """Bytes the checkpointed tiled forward keeps for backward outside its regions, for a whole clip."""
+    meter = SavedBytes()
+    video = torch.rand(1, 3, frames, side, side) * 2 - 1
+    model.config.tiling.nested = "always"  # as at paper scale: chunk-border caches live inside each tile's checkpoint
+    try:
+        with meter.hooks():
+            out = model(video, ["a probe clip"], progress=0.5)
+        out.loss.backward()
+        model.zero_grad(set_to_none=True)
+    finally:
+        model.config.tiling.nested = "auto"
+    return meter.total("outside")
+
+
+def cache_values_per_pixel(model) -> tuple[float, float]:
+    """Causal-cache values per input pixel and per chunk, encoder and decoder tail (2 frames per causal conv)."""
+    from pyratok.model.streaming import _densities
+
+    vae = model.backbone.vae
+    blocks = model.backbone.tap_blocks
+    _, enc = _densities(vae.encoder, lambda n: n.startswith("conv_in") or any(n.startswith(f"down_blocks.{i}") for i in range(blocks)),
+                        start_scale=1.0 / (vae.config.patch_size or 1), grow=False)
+    s = model.backbone.latent_grid.stride
+    _, dec = _densities(vae.decoder, lambda n: n.startswith("up_blocks.") or n.startswith("conv_out"),
+                        start_scale=1.0 / s, grow=True)
+    return enc, dec
+
+
+def fit(xs, ys):
+    slope, intercept = np.polyfit(np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64), 1)
+    return float(slope), float(intercept)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--probes", default="5x64x64,13x64x64,5x96x96")
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--region-probes", default="48,80", help="crop sides (px) of the one-tile probes")
+    parser.add_argument("--clip-probes", default="9x64,17x64", help="frames x side of the persistent probes")
     args = parser.parse_args()
+    from pyratok.model.tile_plan import plan_for
+
     torch.manual_seed(0)
-    model = build_model()
+    model = build_model(args.tile)
+    plan = plan_for(model)
     trainable = sum(p.numel() for p in model.trainable_parameters())
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    text = sum(p.numel() for p in model.text_encoder.parameters())
     vae = sum(p.numel() for p in model.backbone.parameters() if not p.requires_grad)
-    print(f"trainable params: {trainable / 1e6:.1f} M; frozen: {frozen / 1e6:.1f} M (VAE {vae / 1e6:.1f} M, text stand-in {text / 1e6:.1f} M)")
+    print(f"trainable {trainable / 1e6:.1f} M; frozen VAE {vae / 1e6:.1f} M; plan: tile {plan.tile * plan.cell} px, "
+          f"encoder halo {plan.halo * plan.cell} px, decoder halo {plan.decoder_halo * plan.latent_stride} px, "
+          f"chunk {plan.time_chunk} latent frame(s)")
 
-    points = []
-    for probe in args.probes.split(","):
-        frames, height, width = (int(v) for v in probe.split("x"))
-        assert height == width
-        nbytes, seconds = saved_bytes(model, frames, height)
-        points.append((frames * height * width, nbytes))
-        print(f"probe {probe}: {nbytes / 2**20:.1f} MiB saved for backward (fp32), {seconds:.1f}s")
-    import numpy as np
+    started = time.perf_counter()
+    probes = {}
+    for side in (int(v) for v in args.region_probes.split(",")):
+        probes[side] = region_probe(model, side)
+        print(f"region probe {side}px: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in probes[side].items()))
+    sides = sorted(probes)
+    # per region kind: bytes per crop pixel (a 4-frame chunk) in fp32
+    lines = {kind: fit([s * s for s in sides], [probes[s][kind] for s in sides]) for kind in probes[sides[0]]}
+    persist = []
+    for text in args.clip_probes.split(","):
+        frames, side = (int(v) for v in text.split("x"))
+        nbytes = persistent_probe(model, frames, side)
+        persist.append((frames * side * side, nbytes))
+        print(f"persistent probe {text}: {nbytes / 2**20:.1f} MiB kept outside the regions")
+    per_voxel, persist_fixed = fit(*zip(*persist))
+    enc_cache, dec_cache = cache_values_per_pixel(model)
+    print(f"probes took {time.perf_counter() - started:.0f} s")
 
-    voxels, saved = (np.array(v, dtype=np.float64) for v in zip(*points))
-    slope, intercept = np.polyfit(voxels, saved, 1)
-    residual = float(np.max(np.abs(saved - (slope * voxels + intercept)) / saved))
-    print(f"fit: {intercept / 2**20:.0f} MiB fixed + {slope:.0f} B per input voxel (fp32); max residual {residual:.1%}")
-    bf16 = slope / 2
-    fixed_act = intercept / 2
-
-    # Parameters (bf16 on the GPU) and ZeRO-2: fp32 master + Adam m, v of the trainable
-    # parameters partitioned over the data-parallel group; bf16 gradients partitioned too.
     frozen_all = vae + QWEN_LM_PARAMS + DINOV3_L_PARAMS
     weights = (frozen_all + trainable) * 2
-    optimizer = trainable * (4 + 4 + 4) / GPUS
-    grads = trainable * 2 / GPUS + trainable * 2  # reduce buckets hold a full bf16 copy transiently
+    optimizer = trainable * 12 / GPUS
+    grads = trainable * 2 / GPUS + trainable * 2
     fixed = weights + optimizer + grads
+    enc_crop = (plan.tile + 2 * plan.halo) * plan.cell
+    dec_crop = (plan.decoder_tile + 2 * plan.decoder_halo) * plan.latent_stride
+
+    def region_bf16(kind: str, crop_pixels: float) -> float:
+        slope, intercept = lines[kind]
+        return max(0.0, slope * crop_pixels + intercept) / 2
+
     print()
-    print(f"| term | GB per GPU |")
-    print(f"|---|---|")
-    print(f"| frozen weights, bf16 (VAE {vae / 1e9:.2f} B + Qwen2.5-VL-3B LM {QWEN_LM_PARAMS / 1e9:.2f} B + DINOv3-L {DINOV3_L_PARAMS / 1e9:.2f} B) | {frozen_all * 2 / GB:.2f} |")
-    print(f"| trainable weights, bf16 ({trainable / 1e6:.0f} M) | {trainable * 2 / GB:.3f} |")
-    print(f"| AdamW fp32 master + m + v, ZeRO-2 over {GPUS} GPUs | {optimizer / GB:.4f} |")
-    print(f"| gradients (partitioned + one bucketed full copy) | {grads / GB:.3f} |")
-    print(f"| activations, fixed part (text, AR head at its token budget), bf16 | {fixed_act / GB:.2f} |")
-    print(f"| activations per input voxel, bf16 (measured {slope:.0f} B in fp32) | {bf16:.0f} B |")
+    print("| term | per GPU |")
+    print("|---|---|")
+    print(f"| frozen weights, bf16 (VAE {vae / 1e9:.2f} B + Qwen2.5-VL-3B LM + DINOv3-L) | {frozen_all * 2 / GB:.1f} GB |")
+    print(f"| trainable {trainable / 1e6:.0f} M: bf16 weights + ZeRO-2 AdamW state and gradients over {GPUS} GPUs | "
+          f"{(trainable * 2 + optimizer + grads) / GB:.2f} GB |")
+    print(f"| one encoder tile-chunk (crop {enc_crop}² x 4 frames), recomputed, bf16 | "
+          f"{region_bf16('encode_region', min(enc_crop, 4096) ** 2) / GB:.1f} GB |")
+    print(f"| one decoder-tail tile-chunk (crop {dec_crop}² x 4 frames), recomputed, bf16 | "
+          f"{region_bf16('decode_region', min(dec_crop, 4096) ** 2) / GB:.1f} GB |")
+    print(f"| kept for the whole clip outside the regions, bf16 | {per_voxel / 2:.1f} B per voxel + {persist_fixed / 2 / GB:.2f} GB |")
+    print("| input clip + detached reconstruction, bf16 | 12 B per voxel |")
+    print(f"| causal caches at chunk borders, one tile (nested), bf16 | {enc_cache * 2:.0f} + {dec_cache * 2:.0f} B per crop pixel per chunk |")
     print()
-    print("| geometry | batch | activations GB | total GB | fits 80 GB |")
-    print("|---|---|---|---|---|")
+    print("| geometry | batch/GPU | micro-batch x accumulation | tile-chunks per clip | peak per GPU | fits 80 GB |")
+    print("|---|---|---|---|---|---|")
+    rows = []
     for label, batch, frames, height, width in TARGETS:
-        act = bf16 * batch * frames * height * width + fixed_act
-        total = act + fixed
-        print(f"| {label} | {batch} | {act / GB:,.0f} | {total / GB:,.0f} | {'yes' if total < 80 * GB else 'no'} |")
+        for micro in (batch, 2, 1):
+            if batch % micro:
+                continue
+            voxels = micro * frames * height * width
+            chunks = len(plan.chunks(frames))
+            head = region_bf16("decoder_head", (height // plan.latent_stride) * (width // plan.latent_stride)
+                               * plan.latent_stride ** 2) * micro
+            regions = max(region_bf16("encode_region", min(enc_crop, height) * min(enc_crop, width)),
+                          region_bf16("decode_region", min(dec_crop, height) * min(dec_crop, width))) * micro
+            caches = micro * chunks * 2 * (enc_cache * min(enc_crop, height) * min(enc_crop, width)
+                                           + dec_cache * min(dec_crop, height) * min(dec_crop, width))
+            keep = per_voxel / 2 * voxels + persist_fixed / 2 + 12 * voxels
+            peak = fixed + keep + caches + max(regions, head)
+            if peak < HBM or micro == 1:
+                break
+        tiles = len(plan.encoder_tiles(height, width)) * chunks
+        rows.append((label, batch, frames, height, width, micro, peak))
+        print(f"| {label}: {frames}x{height}x{width} | {batch} | {micro} x {batch // micro} | {tiles} | "
+              f"{peak / GB:.1f} GB | {'yes' if peak < HBM else 'no'} |")
+    voxel_cap = min(((HBM * 0.9 - fixed - persist_fixed / 2 - max(region_bf16('encode_region', enc_crop ** 2),
+                                                                region_bf16('decode_region', dec_crop ** 2)))
+                     / (per_voxel / 2 + 12)), 4e9)
+    print(f"\nsafety cap (90 % of 80 GB): about {voxel_cap / 1e6:,.0f} M voxels per micro-batch")
 
 
 if __name__ == "__main__":

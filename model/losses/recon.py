@@ -62,3 +62,34 @@ def psnr(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """PSNR (dB) of videos in [-1, 1] measured on [0, 1]."""
     mse = ((recon.float() - target.float()) / 2).pow(2).mean()
     return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+class ClipScores:
+    """PSNR and SSIM of a reconstruction accumulated frame by frame (rows in bands), equal to the whole-clip values."""
+
+    def __init__(self, height: int, width: int, *, band: int = 128):
+        self.size = ssim_window(height, width)
+        self.height, self.width, self.band = height, width, band
+        self.sq = 0.0
+        self.ssim_sum = 0.0
+        self.pixels = 0
+        self.positions = 0
+
+    def add(self, recon: torch.Tensor, target: torch.Tensor) -> None:
+        """One frame of each, (3, H, W) in [-1, 1]."""
+        self.sq += float(((recon.float() - target.float()) / 2).pow(2).sum())
+        self.pixels += recon.numel()
+        rows = self.height - self.size + 1
+        for y in range(0, rows, self.band):
+            y1 = min(rows, y + self.band) + self.size - 1
+            score = ssim_map(recon[None, :, y:y1], target[None, :, y:y1], size=self.size)
+            self.ssim_sum += float(score.sum())
+            self.positions += score.numel()
+
+    @property
+    def psnr(self) -> float:
+        return float(-10 * torch.log10(torch.tensor(max(self.sq / self.pixels, 1e-10))))
+
+    @property
+    def ssim(self) -> float:
+        return self.ssim_sum / self.positions

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from typing import Annotated, Optional
 
 import typer
@@ -15,7 +17,7 @@ VideoOpt = Annotated[str, typer.Option("--video", "-v", help="Input video file (
 TextOpt = Annotated[Optional[str], typer.Option("--text", "-t", help="Caption of the video (conditions the tokens). Default: empty.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ... Default: cuda if available.")]
 MaxFramesOpt = Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Use at most this many leading frames (rounded down to 1+4k).")]
-TileOpt = Annotated[Optional[int], typer.Option("--tile", min=16, help="Spatial tile size in pixels for large videos (same tokens as untiled).")]
+TileOpt = Annotated[Optional[int], typer.Option("--tile", min=16, help="Spatial tile side in pixels (default: model.tiling.tile); tiles carry a halo, so tokens and pixels equal an untiled run's.")]
 
 
 @model_app.command("init")
@@ -74,17 +76,30 @@ def _load(model_path: str, device: Optional[str]):
     return model, Storage()
 
 
-def _load_video(model, storage, video_path: str, max_frames: Optional[int]):
-    from pyratok.model.video_io import load_video
+BudgetOpt = Annotated[Optional[float], typer.Option("--memory-budget-gb", min=0.1, help="Refuse clips that would need more (default: model.tiling.memory_budget_gb, else 80% of available memory).")]
 
-    with storage.local_copy(video_path) as local:
-        clip = load_video(local, spatial_multiple=model.spatial_multiple, temporal_multiple=model.temporal_multiple,
-                          max_frames=max_frames)
-    t, h, w = clip.video.shape[2:]
-    if (t, h, w) != (clip.source_frames, *clip.source_size):
-        echo(f"input {clip.source_frames}x{clip.source_size[0]}x{clip.source_size[1]} -> {t}x{h}x{w} "
-             f"(frames 1+{model.temporal_multiple}k, sides multiples of {model.spatial_multiple})")
-    return clip
+
+@contextlib.contextmanager
+def _stored_clip(model, storage, video_path: str, max_frames: Optional[int], tile: Optional[int], budget: Optional[float],
+                 *, decode: bool):
+    """The input decoded frame by frame into a disk-backed store, its tiling plan, and the memory check."""
+    from pyratok.model.streaming import check_budget
+    from pyratok.model.tile_plan import plan_for
+    from pyratok.model.video_io import decode_to_store
+
+    with tempfile.TemporaryDirectory(prefix="pyratok-clip-") as tmp, storage.local_copy(video_path) as local:
+        clip = decode_to_store(local, tmp, spatial_multiple=model.spatial_multiple,
+                               temporal_multiple=model.temporal_multiple, max_frames=max_frames)
+        store = clip.store
+        if (store.frames, store.height, store.width) != (clip.source_frames, *clip.source_size):
+            echo(f"input {clip.source_frames}x{clip.source_size[0]}x{clip.source_size[1]} -> "
+                 f"{store.frames}x{store.height}x{store.width} (frames 1+{model.temporal_multiple}k, "
+                 f"sides multiples of {model.spatial_multiple})")
+        plan = plan_for(model, tile=tile)
+        shape = (1, store.frames, store.height, store.width)
+        check_budget(model, plan, shape, name=video_path, decode=decode,
+                     budget_gb=budget if budget is not None else model.config.tiling.memory_budget_gb)
+        yield clip, plan, shape, tmp
 
 
 def tokenize(
@@ -95,12 +110,17 @@ def tokenize(
     tile: TileOpt = None,
     max_frames: MaxFramesOpt = None,
     device: DeviceOpt = None,
+    memory_budget_gb: BudgetOpt = None,
 ) -> None:
-    """Tokenize a video into its four-level token pyramid (.npz: level1..level4 + shapes)."""
+    """Tokenize a video into its four-level token pyramid (.npz: level1..level4 + shapes), tile by tile."""
     with user_errors():
+        from pyratok.model.pyramid import TokenPyramid
+        from pyratok.model.streaming import encode_tiles
+
         tok, storage = _load(model, device)
-        clip = _load_video(tok, storage, video, max_frames)
-        pyramid = tok.encode(clip.video.to(tok.device), [text or ""], tile=tile)
+        with _stored_clip(tok, storage, video, max_frames, tile, memory_budget_gb, decode=False) as (clip, plan, shape, _):
+            ids, _ = encode_tiles(tok, clip.store.crop, shape, tok.embed_text([text or ""], 1), plan=plan)
+        pyramid = TokenPyramid(ids, list(tok.lapq.grids), shape[1:], tok.lapq.code_bits)
         storage.write_bytes(out, pyramid.to_npz_bytes())
     shapes = ", ".join(f"L{i}={tuple(s[1:])}" for i, s in enumerate(pyramid.shapes, start=1))
     echo(f"{pyramid.num_tokens} tokens ({shapes}) -> {out}")
@@ -114,19 +134,31 @@ def reconstruct(
     tile: TileOpt = None,
     max_frames: MaxFramesOpt = None,
     device: DeviceOpt = None,
+    memory_budget_gb: BudgetOpt = None,
 ) -> None:
-    """Tokenize and decode a video; writes the reconstruction and prints PSNR/SSIM against the input."""
+    """Tokenize and decode a video tile by tile, streaming frames in and out; prints PSNR/SSIM against the input."""
     with user_errors():
-        from pyratok.model.losses.recon import frames_of, psnr, ssim
-        from pyratok.model.video_io import write_video
+        from pyratok.model.frame_store import FrameStore, to_model_range
+        from pyratok.model.losses.recon import ClipScores
+        from pyratok.model.streaming import decode_tiles, encode_tiles
+        from pyratok.model.video_io import write_frames
 
         tok, storage = _load(model, device)
-        clip = _load_video(tok, storage, video, max_frames)
-        target = clip.video.to(tok.device)
-        pyramid = tok.encode(target, [text or ""], tile=tile)
-        recon = tok.decode(pyramid, tile=tile)
-        with storage.atomic_write(out) as tmp:
-            write_video(tmp, recon[0], clip.fps)
-        score_psnr = float(psnr(recon, target))
-        score_ssim = float(ssim(frames_of(recon), frames_of(target)))
-    echo(f"PSNR {score_psnr:.2f} dB  SSIM {score_ssim:.4f}  ({pyramid.num_tokens} tokens) -> {out}")
+        with _stored_clip(tok, storage, video, max_frames, tile, memory_budget_gb, decode=True) as (clip, plan, shape, tmp):
+            store = clip.store
+            ids, latents = encode_tiles(tok, store.crop, shape, tok.embed_text([text or ""], 1), plan=plan, latents=True)
+            tokens = sum(level[0].numel() for level in ids)
+            del ids
+            recon = FrameStore(f"{tmp}/recon.rgb", *shape[1:])
+            decode_tiles(tok, latents, lambda px, t0, y0, x0: recon.put(px, t0=t0, y0=y0, x0=x0), plan=plan)
+            scores = ClipScores(store.height, store.width)
+
+            def frames():
+                for t in range(store.frames):
+                    frame = recon.read(t, t + 1)
+                    scores.add(to_model_range(frame)[0, :, 0], store.crop(t, t + 1, 0, store.height, 0, store.width)[0, :, 0])
+                    yield frame[0]
+
+            with storage.atomic_write(out) as tmp_out:
+                write_frames(tmp_out, frames(), clip.fps, height=store.height, width=store.width)
+    echo(f"PSNR {scores.psnr:.2f} dB  SSIM {scores.ssim:.4f}  ({tokens} tokens) -> {out}")

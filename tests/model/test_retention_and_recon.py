@@ -108,10 +108,11 @@ def test_preprocess_resizes_short_side_and_normalizes():
     assert torch.allclose(x[0, :, 0, 0], expected, atol=1e-5)
 
 
-def test_drift_is_mse_to_the_frozen_mean_without_its_gradient():
-    a = torch.randn(2, 4, 3, requires_grad=True)
-    b = torch.randn(2, 4, 3, requires_grad=True)
+def test_drift_is_the_mean_over_taps_of_the_mse_to_the_frozen_taps_without_their_gradient():
+    a = [torch.randn(2, 4, 3, requires_grad=True), torch.randn(2, 8, 1, requires_grad=True)]
+    b = [torch.randn(2, 4, 3, requires_grad=True), torch.randn(2, 8, 1, requires_grad=True)]
     value = drift(a, b)
-    assert torch.isclose(value, ((a - b) ** 2).mean())
+    by_hand = (((a[0] - b[0]) ** 2).sum() / 24 + ((a[1] - b[1]) ** 2).sum() / 16) / 2
+    assert torch.isclose(value, by_hand)
     value.backward()
-    assert b.grad is None and a.grad is not None
+    assert all(t.grad is None for t in b) and all(t.grad is not None for t in a)
