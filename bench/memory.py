@@ -1,6 +1,7 @@
 """Training and inference memory: untiled vs the tiled, time-chunked, checkpointed forward (``model/bounded.py``).
 
-    .venv/bin/python bench/memory.py                         # train section, CPU, fp32 (~30 min on 2 cores)
+    .venv/bin/python bench/memory.py                         # train section, CPU, fp32 (~15 min on 2 cores)
+    .venv/bin/python bench/memory.py --sizes 5x640x640,5x768x768 --modes tiled-fixed --out memory-space.json
     .venv/bin/python bench/memory.py --sections infer        # reconstruct 1080p / 4K (/ 8K with --infer-sizes)
     .venv/bin/python bench/memory.py --device cuda --dtype bf16 --arch production   # a GPU box
 
@@ -46,7 +47,8 @@ RESULTS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO))
 GiB, MiB = 2**30, 2**20
 
-TRAIN_SIZES = "5x64x64,9x128x128,17x256x256,17x512x512,17x768x768"
+# Time grows at a fixed frame size (the default tile: one tile, more chunks), then space at a fixed tile.
+TRAIN_SIZES = "5x64x64,9x128x128,17x256x256,33x256x256,65x256x256"
 INFER_SIZES = {"1080p": (17, 1080, 1920), "4k": (17, 2160, 3840), "8k": (33, 4320, 7680)}
 
 
@@ -97,9 +99,11 @@ def worker(spec: dict) -> dict:
     texts = ["a benchmark clip"]
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16) if spec["dtype"] == "bf16" else None
     seen: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    def pack(t):  # activations only: saved weights are the model's own memory
+        if t.untyped_storage().data_ptr() not in weights:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
     if device == "cuda":
@@ -244,6 +248,7 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=1800)
     parser.add_argument("--infer-sizes", default="1080p,4k")
     parser.add_argument("--infer-tile", type=int, default=512)
+    parser.add_argument("--out", default="memory.json", help="results file under bench/results/")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -258,7 +263,7 @@ def main() -> None:
     if "infer" in args.sections:
         report["infer"] = infer_section(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "memory.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / args.out).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ input/output tensors themselves.
 
 Each region runs under ``torch.utils.checkpoint`` (non-reentrant), so backward recomputes it from
 its inputs (the crop, the cache it was given). With ``nested``, each whole tile is checkpointed too,
-so the caches at chunk borders live for one tile at a time instead of for the whole clip.
+and inside it each group of ~sqrt(chunks) chunks: backward then holds the causal caches at the group
+borders of one tile and those inside one group, instead of every chunk border of the whole clip
+(two more forwards of the VAE in exchange).
 Every loss is the same function of the same numbers as the untiled forward's (sums over
 disjoint interiors, divided once), so the tiled loss and gradients equal the untiled ones.
 """
@@ -29,10 +31,12 @@ disjoint interiors, divided once), so the tiled loss and gradients equal the unt
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from pyratok.model.grid import causal_avg_pool, fine_frame_range, to_channels, to_tokens
@@ -67,15 +71,25 @@ class BoundedResult:
 
 
 class Runner:
-    """Runs ``fn`` under activation checkpointing (or plainly, when off or without grad)."""
+    """Runs ``fn`` under activation checkpointing (or plainly, when off or without grad).
+
+    The arguments are flattened first: checkpoint keeps a non-tensor argument (a cache list) by
+    reference for the whole graph's life, but hands tensor arguments to the enclosing saved-tensor
+    hooks, so under a nested checkpoint the caches at chunk borders are dropped and recomputed.
+    """
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
 
     def __call__(self, fn: Callable, *args: Any) -> Any:
-        if self.enabled and torch.is_grad_enabled():
-            return torch_checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
+        if not (self.enabled and torch.is_grad_enabled()):
+            return fn(*args)
+        leaves, spec = tree_flatten(args)
+
+        def flat(*values):
+            return fn(*tree_unflatten(list(values), spec))
+
+        return torch_checkpoint(flat, *leaves, use_reentrant=False)
 
 
 def resolve_nested(model: "PyraTok", plan: TilePlan, shape: tuple[int, ...]) -> bool:
@@ -167,17 +181,48 @@ def encode_region(spec: EncodeSpec, rows: Span, cols: Span, j0: int, j1: int, cr
     return latents, sums, ids, windows, cache, frozen_cache
 
 
-def encode_tile(spec: EncodeSpec, rows: Span, cols: Span, run: Runner, crop: torch.Tensor):
-    """Every chunk of one spatial tile, the causal cache handed from chunk to chunk."""
+def scan_chunks(chunks: list[tuple[int, int]], frames_of: Callable[[int, int], tuple[int, int]], step: Callable,
+                tensor: torch.Tensor, caches: tuple, *, run: Runner, nested: Runner, group: int) -> list:
+    """``step(j0, j1, part, caches) -> (out, caches)`` over the chunks, the causal caches handed on.
+
+    Each chunk runs under ``run`` (a checkpoint). With ``nested``, consecutive chunks go in groups of
+    ``group``, each group under one more checkpoint: backward then keeps the caches at group borders for
+    the whole tile and those inside one group at a time (sqrt(chunks) of each instead of all of them).
+    """
+    outs = []
+    for g in range(0, len(chunks), group):
+        members = chunks[g : g + group]
+        a, b = frames_of(*members[0])[0], frames_of(*members[-1])[1]
+
+        def body(part: torch.Tensor, caches: tuple, members=members, a=a):
+            got = []
+            for j0, j1 in members:
+                f0, f1 = frames_of(j0, j1)
+                out, caches = run(functools.partial(step, j0, j1), part[:, :, f0 - a : f1 - a], caches)
+                got.append(out)
+            return got, caches
+
+        got, caches = (nested if len(members) < len(chunks) else Runner(False))(body, tensor[:, :, a:b], caches)
+        outs.extend(got)
+    return outs
+
+
+def group_size(chunks: int, nested: bool) -> int:
+    return max(1, round(math.sqrt(chunks))) if nested else chunks
+
+
+def encode_tile(spec: EncodeSpec, rows: Span, cols: Span, run: Runner, nested: Runner, crop: torch.Tensor):
+    """Every chunk of one spatial tile, the causal caches (adapted, frozen) handed from chunk to chunk."""
     model, plan = spec.model, spec.plan
     encoder = model.backbone.vae.encoder
-    cache, frozen_cache = new_cache(encoder), (new_cache(encoder) if spec.drift else None)
-    out = []
-    for j0, j1 in plan.chunks(crop.shape[2]):
-        f0, f1 = plan.frames_of(j0, j1)
-        step = functools.partial(encode_region, spec, rows, cols, j0, j1)
-        latents, sums, ids, windows, cache, frozen_cache = run(step, crop[:, :, f0:f1], cache, frozen_cache)
-        out.append((latents, sums, ids, windows))
+
+    def step(j0, j1, part, caches):
+        latents, sums, ids, windows, cache, frozen = encode_region(spec, rows, cols, j0, j1, part, *caches)
+        return (latents, sums, ids, windows), (cache, frozen)
+
+    chunks = plan.chunks(crop.shape[2])
+    out = scan_chunks(chunks, plan.frames_of, step, crop, (new_cache(encoder), new_cache(encoder) if spec.drift else None),
+                      run=run, nested=nested, group=group_size(len(chunks), nested.enabled))
     latents = torch.cat([o[0] for o in out], dim=2)
     sums: dict[str, torch.Tensor] = {}
     for o in out:
@@ -189,13 +234,19 @@ def encode_tile(spec: EncodeSpec, rows: Span, cols: Span, run: Runner, crop: tor
 
 
 # -- 2./3. decoder ----------------------------------------------------------------------------------------------
-def decode_head_all(model: "PyraTok", plan: TilePlan, run: Runner, latents: torch.Tensor) -> torch.Tensor:
-    cache = new_cache(model.backbone.vae.decoder)
-    feats = []
-    for j0, j1 in time_chunks_of(plan, latents.shape[2]):
-        feat, cache = run(functools.partial(decoder_head, model), latents[:, :, j0:j1], cache)
-        feats.append(feat)
+def decode_head_all(model: "PyraTok", plan: TilePlan, run: Runner, nested: Runner, latents: torch.Tensor) -> torch.Tensor:
+    def step(j0, j1, part, caches):
+        feat, cache = decoder_head(model, part, caches[0])
+        return feat, (cache,)
+
+    chunks = time_chunks_of(plan, latents.shape[2])
+    feats = scan_chunks(chunks, _same, step, latents, (new_cache(model.backbone.vae.decoder),), run=run, nested=nested,
+                        group=group_size(len(chunks), nested.enabled))
     return torch.cat(feats, dim=2)
+
+
+def _same(j0: int, j1: int) -> tuple[int, int]:
+    return j0, j1
 
 
 def time_chunks_of(plan: TilePlan, latent_frames: int) -> list[tuple[int, int]]:
@@ -239,19 +290,21 @@ def decode_region(spec: DecodeSpec, rows: Span, cols: Span, j0: int, j1: int, fe
     return sums, sampled, inner.detach(), cache
 
 
-def decode_tile(spec: DecodeSpec, rows: Span, cols: Span, run: Runner, features: torch.Tensor):
-    cache = new_cache(spec.model.backbone.vae.decoder)
+def decode_tile(spec: DecodeSpec, rows: Span, cols: Span, run: Runner, nested: Runner, features: torch.Tensor):
+    def step(j0, j1, part, caches):
+        part_sums, part_sampled, recon, cache = decode_region(spec, rows, cols, j0, j1, part, caches[0])
+        return (part_sums, part_sampled, recon), (cache,)
+
+    chunks = time_chunks_of(spec.plan, features.shape[2])
+    out = scan_chunks(chunks, _same, step, features, (new_cache(spec.model.backbone.vae.decoder),), run=run,
+                      nested=nested, group=group_size(len(chunks), nested.enabled))
     sums: dict[str, torch.Tensor] = {}
     sampled: dict[int, torch.Tensor] = {}
-    pieces = []
-    for j0, j1 in time_chunks_of(spec.plan, features.shape[2]):
-        step = functools.partial(decode_region, spec, rows, cols, j0, j1)
-        part_sums, part_sampled, recon, cache = run(step, features[:, :, j0:j1], cache)
+    for part_sums, part_sampled, _ in out:
         for key, value in part_sums.items():
             _add(sums, key, value)
         sampled.update(part_sampled)
-        pieces.append(recon)
-    return sums, sampled, torch.cat(pieces, dim=2)
+    return sums, sampled, torch.cat([o[2] for o in out], dim=2)
 
 
 # -- the forward -------------------------------------------------------------------------------------------------
@@ -266,7 +319,7 @@ def _stitch_rows(tiles: list[tuple[Span, Span]], pieces: list[torch.Tensor]) -> 
 def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding | None", *, mask: "MaskDraw | None",
                     want_ar: bool, sample_frames: tuple[int, ...]) -> BoundedResult:
     cfg, lc = model.config, model.config.losses
-    plan = plan_for(model)
+    plan = plan_for(model, tile=cfg.tiling.tile_for(*video.shape[-2:]))
     run = Runner(cfg.tiling.checkpoint)
     nested = Runner(cfg.tiling.checkpoint and resolve_nested(model, plan, tuple(video.shape)))
     b, _, frames, height, width = video.shape
@@ -283,7 +336,7 @@ def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding 
     latent_pieces, id_pieces, sums, window_parts = [], [], {}, []
     for rows, cols in tiles:
         crop = video[..., rows.lo * plan.cell : rows.hi * plan.cell, cols.lo * plan.cell : cols.hi * plan.cell]
-        latents, tile_sums, ids, tagged = nested(functools.partial(encode_tile, spec, rows, cols, run), crop)
+        latents, tile_sums, ids, tagged = nested(functools.partial(encode_tile, spec, rows, cols, run, nested), crop)
         latent_pieces.append(latents)
         id_pieces.append(ids)
         for key, value in tile_sums.items():
@@ -305,7 +358,7 @@ def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding 
                     buf[(slice(None), *dst)] = piece.to(buf.dtype)
             window_bits.append(buf)
 
-    features = nested(functools.partial(decode_head_all, model, plan, run), latents)
+    features = nested(functools.partial(decode_head_all, model, plan, run, nested), latents)
     dspec = DecodeSpec(model=model, plan=plan, target=video, ssim_size=ssim_window(height, width),
                        sample_frames=sample_frames)
     dec_tiles = plan.decoder_tiles(height, width)
@@ -314,7 +367,7 @@ def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding 
     recon_pieces = []
     for rows, cols in dec_tiles:
         crop = features[..., rows.lo : rows.hi, cols.lo : cols.hi]
-        tile_sums, tile_sampled, recon = nested(functools.partial(decode_tile, dspec, rows, cols, run), crop)
+        tile_sums, tile_sampled, recon = nested(functools.partial(decode_tile, dspec, rows, cols, run, nested), crop)
         for key, value in tile_sums.items():
             _add(rec_sums, key, value)
         for k, v in tile_sampled.items():

@@ -164,14 +164,27 @@ class TilingConfig(StrictModel):
     """Decoder context pixels around a tile (in the mid-block feature grid). None: from the decoder's receptive field."""
     time_chunk: int = Field(1, ge=1)
     """Latent frames per chunk (1 = the VAE's own chunk: frame 0, then 4 frames at a time)."""
+    train_tiles: list[tuple[int, int]] = Field(default_factory=list)
+    """Training tiles by clip size: ``[max longer side, tile]`` pairs, smallest first; a clip takes the first
+    pair its longer side fits (else the last). Bigger clips keep more causal caches per tile, so they take
+    smaller tiles (infra/training/README.md). Empty: ``tile`` for every clip."""
     train: bool = True
     """Training forward runs tiled and time-chunked (false: the plain untiled forward through diffusers' own loops)."""
     checkpoint: bool = True
     """Activation checkpointing of each tile-chunk (false where memory allows: faster, same result)."""
-    nested: Literal["auto", "always", "never"] = "auto"
-    """Also checkpoint each whole tile, so the causal caches at chunk boundaries are kept for one tile at a
-    time, not for the whole clip (one extra forward). auto: when a clip has more than ``nested_above`` tile-chunks."""
+    nested: Literal["auto", "always", "never"] = "never"
+    """Also checkpoint each whole tile and each group of ~sqrt(chunks) chunks, meant to keep the causal caches
+    at chunk borders for one tile at a time instead of the whole clip (two extra VAE forwards). Exact, but
+    bench/memory.py measures a higher backward peak with it than without so far: experimental.
+    auto: when a clip has more than ``nested_above`` tile-chunks."""
     nested_above: int = Field(8, ge=1)
+
+    def tile_for(self, height: int, width: int) -> int:
+        """The training tile (px) for a clip of this size."""
+        for side, tile in self.train_tiles:
+            if max(height, width) <= side:
+                return tile
+        return self.train_tiles[-1][1] if self.train_tiles else self.tile
     memory_budget_gb: float | None = Field(None, gt=0)
     """tokenize/reconstruct: refuse (with a message naming the clip) what would not fit this budget even tiled.
     None: the machine's available memory."""

@@ -58,15 +58,22 @@ def build_model(tile: int):
 
 
 class SavedBytes:
-    """Bytes autograd saves, split by the region kind that was running (``phase``)."""
+    """Activation bytes autograd saves, split by the region kind that was running (``phase``).
 
-    def __init__(self):
+    Weights that autograd keeps (a conv saves its weight for the input's gradient) are the model's
+    own memory, counted once in the weights row, so they are left out here.
+    """
+
+    def __init__(self, model):
         self.phase = "outside"
         self.by_phase: dict[str, dict[int, int]] = {}
+        self.weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.weights |= {b.untyped_storage().data_ptr() for b in model.buffers()}
 
     def pack(self, tensor: torch.Tensor):
         storage = tensor.untyped_storage()
-        self.by_phase.setdefault(self.phase, {})[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in self.weights:
+            self.by_phase.setdefault(self.phase, {})[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     def total(self, phase: str) -> int:
@@ -86,7 +93,7 @@ def region_probe(model, side: int) -> dict[str, int]:
     """
     from pyratok.model import bounded
 
-    meter = SavedBytes()
+    meter = SavedBytes(model)
     per_region: dict[str, int] = {}
     originals = {name: getattr(bounded, name) for name in ("encode_region", "decode_region", "decoder_head")}
 
@@ -118,11 +125,29 @@ def region_probe(model, side: int) -> dict[str, int]:
     return per_region
 
 
-def persistent_probe(model, frames: int, side: int) -> int:
-    """Bytes the checkpointed tiled forward keeps for backward outside its regions, for a whole clip."""
-    meter = SavedBytes()
+def persistent_probe(model, frames: int, side: int) -> tuple[int, int, int]:
+    """(bytes the checkpointed tiled forward keeps outside its regions and the AR head, AR head bytes, AR tokens).
+
+    The AR head's window is capped by its token budget, not by the clip, so it is measured apart and
+    scaled to the full budget; what is left grows with the clip.
+    """
+    meter = SavedBytes(model)
     video = torch.rand(1, 3, frames, side, side) * 2 - 1
+    head = model.ar_head
+    original = head.forward_window
+    tokens = []
+
+    def ar_phase(*args, **kwargs):
+        meter.phase = "ar"
+        try:
+            result = original(*args, **kwargs)
+            tokens.append(result.tokens)
+            return result
+        finally:
+            meter.phase = "outside"
+
     model.config.tiling.nested = "always"  # as at paper scale: chunk-border caches live inside each tile's checkpoint
+    head.forward_window = ar_phase
     try:
         with meter.hooks():
             out = model(video, ["a probe clip"], progress=0.5)
@@ -130,7 +155,8 @@ def persistent_probe(model, frames: int, side: int) -> int:
         model.zero_grad(set_to_none=True)
     finally:
         model.config.tiling.nested = "auto"
-    return meter.total("outside")
+        del head.forward_window
+    return meter.total("outside"), meter.total("ar"), tokens[0]
 
 
 def cache_values_per_pixel(model) -> tuple[float, float]:
@@ -177,13 +203,16 @@ def main() -> None:
     sides = sorted(probes)
     # per region kind: bytes per crop pixel (a 4-frame chunk) in fp32
     lines = {kind: fit([s * s for s in sides], [probes[s][kind] for s in sides]) for kind in probes[sides[0]]}
-    persist = []
+    persist, ar_bytes = [], 0.0
     for text in args.clip_probes.split(","):
         frames, side = (int(v) for v in text.split("x"))
-        nbytes = persistent_probe(model, frames, side)
+        nbytes, ar, tokens = persistent_probe(model, frames, side)
         persist.append((frames * side * side, nbytes))
-        print(f"persistent probe {text}: {nbytes / 2**20:.1f} MiB kept outside the regions")
+        ar_bytes = max(ar_bytes, ar * model.config.ar.token_budget / tokens)
+        print(f"persistent probe {text}: {nbytes / 2**20:.1f} MiB kept outside the regions; AR head {ar / 2**20:.0f} MiB "
+              f"for {tokens} tokens")
     per_voxel, persist_fixed = fit(*zip(*persist))
+    persist_fixed = max(0.0, persist_fixed) + ar_bytes
     enc_cache, dec_cache = cache_values_per_pixel(model)
     print(f"probes took {time.perf_counter() - started:.0f} s")
 
@@ -209,37 +238,43 @@ def main() -> None:
           f"{region_bf16('encode_region', min(enc_crop, 4096) ** 2) / GB:.1f} GB |")
     print(f"| one decoder-tail tile-chunk (crop {dec_crop}² x 4 frames), recomputed, bf16 | "
           f"{region_bf16('decode_region', min(dec_crop, 4096) ** 2) / GB:.1f} GB |")
-    print(f"| kept for the whole clip outside the regions, bf16 | {per_voxel / 2:.1f} B per voxel + {persist_fixed / 2 / GB:.2f} GB |")
+    print(f"| kept for the whole clip outside the regions, bf16 | {per_voxel / 2:.1f} B per voxel + {persist_fixed / 2 / GB:.2f} GB "
+          f"(AR head at its {model.config.ar.token_budget}-token budget) |")
     print("| input clip + detached reconstruction, bf16 | 12 B per voxel |")
     print(f"| causal caches at chunk borders, one tile (nested), bf16 | {enc_cache * 2:.0f} + {dec_cache * 2:.0f} B per crop pixel per chunk |")
     print()
-    print("| geometry | batch/GPU | micro-batch x accumulation | tile-chunks per clip | peak per GPU | fits 80 GB |")
-    print("|---|---|---|---|---|---|")
-    rows = []
+    print("| geometry | batch/GPU | micro-batch x accumulation | tile (halo compute x) | tile-chunks per clip | peak per GPU | fits 80 GB |")
+    print("|---|---|---|---|---|---|---|")
+    halo_px, dec_halo_px = plan.halo * plan.cell, plan.decoder_halo * plan.latent_stride
     for label, batch, frames, height, width in TARGETS:
-        for micro in (batch, 2, 1):
-            if batch % micro:
-                continue
-            voxels = micro * frames * height * width
-            chunks = len(plan.chunks(frames))
-            head = region_bf16("decoder_head", (height // plan.latent_stride) * (width // plan.latent_stride)
-                               * plan.latent_stride ** 2) * micro
-            regions = max(region_bf16("encode_region", min(enc_crop, height) * min(enc_crop, width)),
-                          region_bf16("decode_region", min(dec_crop, height) * min(dec_crop, width))) * micro
-            caches = micro * chunks * 2 * (enc_cache * min(enc_crop, height) * min(enc_crop, width)
-                                           + dec_cache * min(dec_crop, height) * min(dec_crop, width))
-            keep = per_voxel / 2 * voxels + persist_fixed / 2 + 12 * voxels
-            peak = fixed + keep + caches + max(regions, head)
-            if peak < HBM or micro == 1:
+        voxels_per_clip = frames * height * width
+        chunks = len(plan.chunks(frames))
+        group = max(1, round(math.sqrt(chunks)))
+        live_caches = math.ceil(chunks / group) + group  # nested: group borders of one tile + inside one group
+        best = None
+        for tile in (512, 384, 256):
+            for micro in (batch, 2, 1):
+                if batch % micro:
+                    continue
+                enc_px = min(tile + 2 * halo_px, height) * min(tile + 2 * halo_px, width)
+                dec_px = min(tile + 2 * dec_halo_px, height) * min(tile + 2 * dec_halo_px, width)
+                head = region_bf16("decoder_head", height * width)
+                regions = max(region_bf16("encode_region", enc_px), region_bf16("decode_region", dec_px), head) * micro
+                caches = micro * live_caches * 2 * max(enc_cache * enc_px, dec_cache * dec_px)
+                keep = micro * voxels_per_clip * (per_voxel / 2 + 12) + persist_fixed / 2
+                peak = fixed + keep + caches + regions
+                overhead = (enc_px + dec_px) / (2 * min(tile, height) * min(tile, width))
+                best = (tile, micro, peak, overhead, enc_px, dec_px)
+                if peak < 0.9 * HBM:
+                    break
+            if best[2] < 0.9 * HBM:
                 break
-        tiles = len(plan.encoder_tiles(height, width)) * chunks
-        rows.append((label, batch, frames, height, width, micro, peak))
-        print(f"| {label}: {frames}x{height}x{width} | {batch} | {micro} x {batch // micro} | {tiles} | "
-              f"{peak / GB:.1f} GB | {'yes' if peak < HBM else 'no'} |")
-    voxel_cap = min(((HBM * 0.9 - fixed - persist_fixed / 2 - max(region_bf16('encode_region', enc_crop ** 2),
-                                                                region_bf16('decode_region', dec_crop ** 2)))
-                     / (per_voxel / 2 + 12)), 4e9)
-    print(f"\nsafety cap (90 % of 80 GB): about {voxel_cap / 1e6:,.0f} M voxels per micro-batch")
+        tile, micro, peak, overhead, _, _ = best
+        tiles = math.ceil(height / tile) * math.ceil(width / tile) * chunks
+        print(f"| {label}: {frames}x{height}x{width} | {batch} | {micro} x {batch // micro} | {tile} px ({overhead:.1f}x) | "
+              f"{tiles} | {peak / GB:.1f} GB | {'yes' if peak < HBM else 'no'} |")
+    print("\n(peak = weights and optimizer + what the clip keeps + the live causal caches of one tile + the largest "
+          "tile-chunk region; 'fits' leaves 10 % for the allocator)")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,9 @@ class StageSection(StrictModel):
     """Optimizer steps (after gradient accumulation)."""
     batch_size: int = Field(4, ge=1)
     """Clips per worker per micro-batch."""
+    grad_accum: int | None = Field(None, ge=1)
+    """Micro-batches per optimizer step in this stage (None: ``optim.grad_accum``). The paper preset trains
+    its largest geometries at micro-batch 1 x 4 (stage 3: 1 x 2): the same clips per step, in memory."""
     resolution: ResolutionRange = Field(default_factory=ResolutionRange)
     frames: FrameRange = Field(default_factory=FrameRange)
     warmup_steps: int | None = None

@@ -106,7 +106,7 @@ def fill_deepspeed_config(raw: dict, train: TrainConfig, *, use_gpu: bool) -> di
     optim = train.optim
     values = {
         "train_micro_batch_size_per_gpu": train.current().batch_size,
-        "gradient_accumulation_steps": optim.grad_accum,
+        "gradient_accumulation_steps": train.current().grad_accum or optim.grad_accum,
         "gradient_clipping": optim.grad_clip or 0.0,
     }
     for key, value in values.items():
@@ -194,7 +194,7 @@ class DDPStrategy(Strategy):
             self.trainable, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
         )
         self.scheduler = make_scheduler(self.optimizer, train)
-        self.accum = optim.grad_accum
+        self.accum = train.current().grad_accum or optim.grad_accum
         self.clip = optim.grad_clip
         self.micro = 0
 

@@ -118,5 +118,10 @@ def test_checkpointing_keeps_only_boundaries_for_backward(model, clip_and_refere
 
 def test_nested_auto_follows_the_number_of_tile_chunks(model):
     plan = plan_for(model)
-    assert not resolve_nested(model, plan, (1, 3, 9, 48, 80))  # 1 tile x 3 chunks
-    assert resolve_nested(model, plan, (1, 3, 97, 1024, 1024))  # 4 tiles x 25 chunks
+    saved = model.config.tiling.nested
+    model.config.tiling.nested = "auto"
+    try:
+        assert not resolve_nested(model, plan, (1, 3, 9, 48, 80))  # 1 tile x 3 chunks
+        assert resolve_nested(model, plan, (1, 3, 97, 1024, 1024))  # 4 tiles x 25 chunks
+    finally:
+        model.config.tiling.nested = saved

@@ -66,7 +66,11 @@ def test_paper_preset_has_the_paper_scale():
     train = cfg.train
     assert train.scaling.num_workers == 128 and train.scaling.use_gpu
     assert [train.stages.of(n).steps for n in (1, 2, 3)] == [30_000, 60_000, 180_000]
-    assert [train.stages.of(n).batch_size for n in (1, 2, 3)] == [4, 4, 2]
+    # the paper's clips per GPU per step (4, 4, 2), as micro-batches of 1 accumulated (the largest draws fit one at a time)
+    assert [train.stages.of(n).batch_size * train.stages.of(n).grad_accum for n in (1, 2, 3)] == [4, 4, 2]
+    assert [train.stages.of(n).batch_size for n in (1, 2, 3)] == [1, 1, 1]
+    assert cfg.model.tiling.train and cfg.model.tiling.tile_for(2048, 2048) == 384
+    assert train.data.max_voxels_per_batch >= 4 * 17 * 512 * 512  # the smallest published micro-batch fits
     assert (train.stages.stage1.resolution.min_side, train.stages.stage1.resolution.max_side) == (512, 2048)
     assert (train.stages.stage3.resolution.min_side, train.stages.stage3.resolution.max_side) == (128, 4096)
     assert (train.stages.stage1.frames.min, train.stages.stage1.frames.max) == (17, 97)
@@ -101,6 +105,9 @@ def test_deepspeed_auto_values_come_from_the_train_config():
                                          "train.strategy.deepspeed_config=infra/deepspeed/zero3-bf16.json"])  # fmt: skip
     filled = fill_deepspeed_config(load_deepspeed_config(cfg.train), cfg.train, use_gpu=True)
     assert filled["train_micro_batch_size_per_gpu"] == cfg.train.current().batch_size
+    paper = load_stage_config("paper", 3)  # a stage's own accumulation beats optim.grad_accum
+    paper_ds = fill_deepspeed_config(load_deepspeed_config(paper.train), paper.train, use_gpu=True)
+    assert (paper_ds["train_micro_batch_size_per_gpu"], paper_ds["gradient_accumulation_steps"]) == (1, 2)
     assert filled["gradient_accumulation_steps"] == 4 and filled["gradient_clipping"] == 0.5
     assert filled["optimizer"]["params"]["lr"] == 3e-5 and filled["optimizer"]["params"]["torch_adam"] is True
     assert filled["zero_optimization"]["stage"] == 3 and filled["bf16"]["enabled"]
