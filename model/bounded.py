@@ -43,7 +43,7 @@ from pyratok.model.grid import causal_avg_pool, fine_frame_range, to_channels, t
 from pyratok.model.lfq import bernoulli_entropy, bernoulli_kl, bernoulli_kl_probs, code_distribution_sum, entropy_of_average
 from pyratok.model.losses.recon import frames_of, ssim_map, ssim_window
 from pyratok.model.region import decoder_head, decoder_pixels, encoder_taps, interior_taps
-from pyratok.model.tile_plan import Span, TilePlan, plan_for
+from pyratok.model.tile_plan import Span, TilePlan, plan_for, time_chunks
 from pyratok.model.vae_chunks import new_cache
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ def _same(j0: int, j1: int) -> tuple[int, int]:
 
 
 def time_chunks_of(plan: TilePlan, latent_frames: int) -> list[tuple[int, int]]:
-    return [(j, min(j + plan.time_chunk, latent_frames)) for j in range(0, latent_frames, plan.time_chunk)]
+    return time_chunks(latent_frames, plan.time_chunk)
 
 
 @dataclass

@@ -22,7 +22,8 @@ from torch import nn
 
 from pyratok.core.progress import Progress
 from pyratok.model.region import decoder_head, decoder_pixels, encoder_taps, interior_taps
-from pyratok.model.tile_plan import TilePlan
+from pyratok.model.grid import fine_frame_range
+from pyratok.model.tile_plan import TilePlan, time_chunks
 from pyratok.model.vae_chunks import new_cache
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def encode_tiles(model: "PyraTok", source: Source, shape: tuple[int, int, int, i
                 levels = model.lapq(interior_taps(model, taps, rows, cols), text, first=j0 == 0)
                 for grid, level, dest in zip(grids, levels, ids):
                     ft, f = grid.ratio_to(grids[-1])[0], cell // grid.stride
-                    t0, t1 = plan_frames(j0, j1, ft)
+                    t0, t1 = fine_frame_range(j0, j1, ft)
                     dest[:, t0:t1, rows.start * f : rows.stop * f, cols.start * f : cols.stop * f] = level.ids.to(torch.int32).cpu()
                 if latents:
                     part = model.fusion([lv.out for lv in levels], first=j0 == 0).float().cpu()
@@ -74,12 +75,6 @@ def encode_tiles(model: "PyraTok", source: Source, shape: tuple[int, int, int, i
     return ids, fused
 
 
-def plan_frames(j0: int, j1: int, factor_t: int) -> tuple[int, int]:
-    from pyratok.model.grid import fine_frame_range
-
-    return fine_frame_range(j0, j1, factor_t)
-
-
 @torch.no_grad()
 def latents_from_ids(model: "PyraTok", ids: list[torch.Tensor], plan: TilePlan) -> torch.Tensor:
     """Fused decoder latents from stored token ids, one latent chunk at a time (the fusion is cell-local)."""
@@ -89,14 +84,14 @@ def latents_from_ids(model: "PyraTok", ids: list[torch.Tensor], plan: TilePlan) 
     for j0, j1 in _latent_chunks(plan, ids[-1].shape[1]):
         parts = []
         for grid, level, level_ids in zip(grids, model.lapq.levels, ids):
-            t0, t1 = plan_frames(j0, j1, grid.ratio_to(grids[-1])[0])
+            t0, t1 = fine_frame_range(j0, j1, grid.ratio_to(grids[-1])[0])
             parts.append(level.embed_ids(level_ids[:, t0:t1].to(device)))
         outs.append(model.fusion(parts, first=j0 == 0).float().cpu())
     return torch.cat(outs, dim=2)
 
 
 def _latent_chunks(plan: TilePlan, latent_frames: int) -> list[tuple[int, int]]:
-    return [(j, min(j + plan.time_chunk, latent_frames)) for j in range(0, latent_frames, plan.time_chunk)]
+    return time_chunks(latent_frames, plan.time_chunk)
 
 
 @torch.no_grad()
