@@ -202,7 +202,7 @@ def check_budget(model: "PyraTok", plan: TilePlan, shape: tuple[int, int, int, i
         raise MemoryBudgetError(
             f"{name}: {frames}x{height}x{width} needs about {estimate.total / 2**30:.1f} GiB even tiled "
             f"({estimate.clip / 2**30:.1f} GiB for the clip's tokens/latents + {estimate.tile / 2**30:.1f} GiB for one "
-            f"tile of {plan.tile * plan.cell}px), over the memory budget of {budget / 2**30:.1f} GiB; "
+            f"tile of {plan.tile * plan.cell}px), over the memory budget of {budget / 2**30:.3g} GiB; "
             "use a smaller --tile, fewer --max-frames, or raise model.tiling.memory_budget_gb"
         )
     return estimate

@@ -76,7 +76,7 @@ def _load(model_path: str, device: Optional[str]):
     return model, Storage()
 
 
-BudgetOpt = Annotated[Optional[float], typer.Option("--memory-budget-gb", min=0.1, help="Refuse clips that would need more (default: model.tiling.memory_budget_gb, else 80% of available memory).")]
+BudgetOpt = Annotated[Optional[float], typer.Option("--memory-budget-gb", min=0.0001, help="Refuse clips that would need more (default: model.tiling.memory_budget_gb, else 80% of available memory).")]
 
 
 @contextlib.contextmanager

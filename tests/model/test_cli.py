@@ -52,6 +52,16 @@ def test_reconstruct_writes_mp4_and_prints_scores(workdir):
     assert probe.stdout.strip() == "64,48,9"
 
 
+def test_a_clip_over_the_memory_budget_is_refused_naming_it_and_the_budget(workdir):
+    out = workdir / "refused.mp4"
+    result = CliRunner().invoke(app, ["reconstruct", "--model", str(workdir / "tiny"), "--video", str(workdir / "in.mp4"),
+                                      "--out", str(out), "--memory-budget-gb", "0.001"])
+    last = result.output.strip().splitlines()[-1]
+    assert result.exit_code == 2 and last.startswith("error: "), result.output
+    assert "in.mp4" in last and "9x48x64" in last and "budget of 0.001 GiB" in last
+    assert not out.exists()
+
+
 def test_bad_inputs_exit_2_with_one_line(workdir):
     runner = CliRunner()
     broken = runner.invoke(app, ["tokenize", "--model", str(workdir / "tiny"), "--video", str(workdir / "broken.mp4"),
