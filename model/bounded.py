@@ -43,7 +43,7 @@ from pyratok.model.grid import causal_avg_pool, fine_frame_range, to_channels, t
 from pyratok.model.lfq import bernoulli_entropy, bernoulli_kl, bernoulli_kl_probs, code_distribution_sum, entropy_of_average
 from pyratok.model.losses.recon import frames_of, ssim_map, ssim_window
 from pyratok.model.region import decoder_head, decoder_pixels, encoder_taps, interior_taps
-from pyratok.model.tile_plan import Span, TilePlan, plan_for, time_chunks
+from pyratok.model.tile_plan import Span, TilePlan, plan_for
 from pyratok.model.vae_chunks import new_cache
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ def decode_head_all(model: "PyraTok", plan: TilePlan, run: Runner, nested: Runne
         feat, cache = decoder_head(model, part, caches[0])
         return feat, (cache,)
 
-    chunks = time_chunks_of(plan, latents.shape[2])
+    chunks = plan.latent_chunks(latents.shape[2])
     feats = scan_chunks(chunks, _same, step, latents, (new_cache(model.backbone.vae.decoder),), run=run, nested=nested,
                         group=group_size(len(chunks), nested.enabled))
     return torch.cat(feats, dim=2)
@@ -247,10 +247,6 @@ def decode_head_all(model: "PyraTok", plan: TilePlan, run: Runner, nested: Runne
 
 def _same(j0: int, j1: int) -> tuple[int, int]:
     return j0, j1
-
-
-def time_chunks_of(plan: TilePlan, latent_frames: int) -> list[tuple[int, int]]:
-    return time_chunks(latent_frames, plan.time_chunk)
 
 
 @dataclass
@@ -295,7 +291,7 @@ def decode_tile(spec: DecodeSpec, rows: Span, cols: Span, run: Runner, nested: R
         part_sums, part_sampled, recon, cache = decode_region(spec, rows, cols, j0, j1, part, caches[0])
         return (part_sums, part_sampled, recon), (cache,)
 
-    chunks = time_chunks_of(spec.plan, features.shape[2])
+    chunks = spec.plan.latent_chunks(features.shape[2])
     out = scan_chunks(chunks, _same, step, features, (new_cache(spec.model.backbone.vae.decoder),), run=run,
                       nested=nested, group=group_size(len(chunks), nested.enabled))
     sums: dict[str, torch.Tensor] = {}

@@ -23,8 +23,8 @@ from torch import nn
 from pyratok.core.progress import Progress
 from pyratok.model.region import decoder_head, decoder_pixels, encoder_taps, interior_taps
 from pyratok.model.grid import fine_frame_range
-from pyratok.model.tile_plan import TilePlan, time_chunks
-from pyratok.model.vae_chunks import new_cache
+from pyratok.model.tile_plan import TilePlan
+from pyratok.model.vae_chunks import in_decoder_tail, in_encoder_taps, new_cache
 
 if TYPE_CHECKING:
     from pyratok.model.text_encoder import TextEmbedding
@@ -81,7 +81,7 @@ def latents_from_ids(model: "PyraTok", ids: list[torch.Tensor], plan: TilePlan) 
     grids = model.lapq.grids
     device = model.device
     outs = []
-    for j0, j1 in _latent_chunks(plan, ids[-1].shape[1]):
+    for j0, j1 in plan.latent_chunks(ids[-1].shape[1]):
         parts = []
         for grid, level, level_ids in zip(grids, model.lapq.levels, ids):
             t0, t1 = fine_frame_range(j0, j1, grid.ratio_to(grids[-1])[0])
@@ -90,24 +90,20 @@ def latents_from_ids(model: "PyraTok", ids: list[torch.Tensor], plan: TilePlan) 
     return torch.cat(outs, dim=2)
 
 
-def _latent_chunks(plan: TilePlan, latent_frames: int) -> list[tuple[int, int]]:
-    return time_chunks(latent_frames, plan.time_chunk)
-
-
 @torch.no_grad()
 def decode_tiles(model: "PyraTok", latents: torch.Tensor, sink: Sink, *, plan: TilePlan, progress: bool = True) -> None:
     """Latents (B, z, t, h, w) -> pixels handed to ``sink`` tile by tile (each tile's frames in order)."""
     device = model.device
     decoder = model.backbone.vae.decoder
     cache, feats = new_cache(decoder), []
-    for j0, j1 in _latent_chunks(plan, latents.shape[2]):
+    for j0, j1 in plan.latent_chunks(latents.shape[2]):
         feat, cache = decoder_head(model, latents[:, :, j0:j1].to(device), cache)
         feats.append(feat.cpu())
     features = torch.cat(feats, dim=2)
     del feats, cache
     s = plan.latent_stride
     height, width = latents.shape[-2] * s, latents.shape[-1] * s
-    tiles, chunks = plan.decoder_tiles(height, width), _latent_chunks(plan, latents.shape[2])
+    tiles, chunks = plan.decoder_tiles(height, width), plan.latent_chunks(latents.shape[2])
     with Progress(len(tiles) * len(chunks), f"decode {len(tiles)} tiles x {len(chunks)} chunks", unit="tile-chunk",
                   enabled=progress) as bar:
         for rows, cols in tiles:
@@ -164,9 +160,8 @@ def estimate_memory(model: "PyraTok", plan: TilePlan, shape: tuple[int, int, int
     vae = model.backbone.vae
     patch = vae.config.patch_size or 1
     last = model.backbone.tap_blocks
-    enc_largest, enc_caches = _densities(
-        vae.encoder, lambda n: n.startswith("conv_in") or any(n.startswith(f"down_blocks.{i}") for i in range(last)),
-        start_scale=1.0 / patch, grow=False)
+    enc_largest, enc_caches = _densities(vae.encoder, lambda n: in_encoder_taps(n, last), start_scale=1.0 / patch,
+                                         grow=False)
     crop = (min(height, (plan.tile + 2 * plan.halo) * plan.cell) * min(width, (plan.tile + 2 * plan.halo) * plan.cell))
     tile = batch * crop * 4 * (4 * LIVE_TENSORS * enc_largest + enc_caches)  # fp32, a 4-frame VAE chunk
     latent_cells = batch * (1 + (frames - 1) // plan.frames_per_latent) * (height // plan.cell) * (width // plan.cell)
@@ -177,8 +172,7 @@ def estimate_memory(model: "PyraTok", plan: TilePlan, shape: tuple[int, int, int
         mid = vae.decoder.mid_block.resnets[0].out_dim
         clip += latent_cells * (z + mid) * 4
         s = plan.latent_stride
-        dec_largest, dec_caches = _densities(
-            vae.decoder, lambda n: n.startswith("up_blocks.") or n.startswith("conv_out"), start_scale=1.0 / s, grow=True)
+        dec_largest, dec_caches = _densities(vae.decoder, in_decoder_tail, start_scale=1.0 / s, grow=True)
         dcrop = (min(height, (plan.decoder_tile + 2 * plan.decoder_halo) * s)
                  * min(width, (plan.decoder_tile + 2 * plan.decoder_halo) * s))
         head = batch * (height // s) * (width // s) * mid * 4 * LIVE_TENSORS

@@ -83,7 +83,11 @@ class TilePlan:
                 for c in spans(cols, self.decoder_tile, self.decoder_halo)]
 
     def chunks(self, frames: int) -> list[tuple[int, int]]:
-        return time_chunks(1 + (frames - 1) // self.frames_per_latent, self.time_chunk)
+        """Latent-frame chunks of a clip of ``frames`` pixel frames."""
+        return self.latent_chunks(1 + (frames - 1) // self.frames_per_latent)
+
+    def latent_chunks(self, latent_frames: int) -> list[tuple[int, int]]:
+        return time_chunks(latent_frames, self.time_chunk)
 
     def frames_of(self, j0: int, j1: int) -> tuple[int, int]:
         return pixel_frames(j0, j1, self.frames_per_latent)

@@ -99,6 +99,17 @@ def blocks_through(encoder: nn.Module, tap_names: list[str]) -> int:
     return deepest
 
 
+def in_encoder_taps(name: str, blocks: int) -> bool:
+    """Whether an encoder module is on the chunked encoder's path (``conv_in`` + ``down_blocks[:blocks]``)."""
+    return name == "conv_in" or name.startswith("conv_in.") or any(
+        name == f"down_blocks.{i}" or name.startswith(f"down_blocks.{i}.") for i in range(blocks))
+
+
+def in_decoder_tail(name: str) -> bool:
+    """Whether a decoder module is in its upsampling tail (up blocks + output conv)."""
+    return name.startswith("up_blocks.") or name == "conv_out" or name.startswith("conv_out.")
+
+
 def _is_lora_part(name: str) -> bool:
     return ".lora_A." in f".{name}." or ".lora_B." in f".{name}."
 
@@ -134,7 +145,7 @@ def decoder_tail_reach(decoder: nn.Module) -> float:
     """How far (in latent cells) an output pixel of the decoder's tail looks back into its mid-block input."""
     reach, scale = 0.0, 1.0  # scale: feature pixels per latent cell at the current depth
     for name, module in decoder.named_modules():
-        if not (name.startswith("up_blocks.") or name == "conv_out" or name.startswith("conv_out.")):
+        if not in_decoder_tail(name):
             continue
         if isinstance(module, nn.Upsample):
             factor = module.scale_factor

@@ -162,14 +162,13 @@ def persistent_probe(model, frames: int, side: int) -> tuple[int, int, int]:
 def cache_values_per_pixel(model) -> tuple[float, float]:
     """Causal-cache values per input pixel and per chunk, encoder and decoder tail (2 frames per causal conv)."""
     from pyratok.model.streaming import _densities
+    from pyratok.model.vae_chunks import in_decoder_tail, in_encoder_taps
 
     vae = model.backbone.vae
     blocks = model.backbone.tap_blocks
-    _, enc = _densities(vae.encoder, lambda n: n.startswith("conv_in") or any(n.startswith(f"down_blocks.{i}") for i in range(blocks)),
-                        start_scale=1.0 / (vae.config.patch_size or 1), grow=False)
-    s = model.backbone.latent_grid.stride
-    _, dec = _densities(vae.decoder, lambda n: n.startswith("up_blocks.") or n.startswith("conv_out"),
-                        start_scale=1.0 / s, grow=True)
+    _, enc = _densities(vae.encoder, lambda n: in_encoder_taps(n, blocks), start_scale=1.0 / (vae.config.patch_size or 1),
+                        grow=False)
+    _, dec = _densities(vae.decoder, in_decoder_tail, start_scale=1.0 / model.backbone.latent_grid.stride, grow=True)
     return enc, dec
 
 
