@@ -1,23 +1,30 @@
 """Training and inference memory: untiled vs the tiled, time-chunked, checkpointed forward (``model/bounded.py``).
 
-    .venv/bin/python bench/memory.py                         # train section, CPU, fp32 (~15 min on 2 cores)
+    .venv/bin/python bench/memory.py                         # train section, CPU, fp32 (~30 min on 2 cores)
     .venv/bin/python bench/memory.py --sizes 5x640x640,5x768x768 --modes tiled-fixed --out memory-space.json
     .venv/bin/python bench/memory.py --sections infer        # reconstruct 1080p / 4K (/ 8K with --infer-sizes)
     .venv/bin/python bench/memory.py --device cuda --dtype bf16 --arch production   # a GPU box
 
 Train: one training step (forward + backward, stage-2 objective: every term but LPIPS/DINO) per clip
-size and mode, each in a fresh subprocess:
+size and mode, each in a fresh subprocess after one warm-up step (the same clip where the untiled
+step also runs, so the time ratios compare warm steps; a 5x64² clip elsewhere). Where both run, the
+step time comes from a second run under glibc's default malloc (see the mmap threshold below):
 
 - ``untiled``: the plain forward through diffusers' own encode/decode loops;
-- ``tiled-default``: the model's default plan (512 px tiles, 1 latent frame per chunk): for clips up to
-  512 px only time is chunked, so the extra time is the recompute alone;
+- ``tiled-default``: the model's default plan (512 px tiles, 1 latent frame per chunk, nesting when
+  the border caches pass ``nested_above_gb``): for clips up to 512 px only time is chunked, so the
+  extra time is the recompute alone;
+- ``tiled-nested``: the same with nested checkpointing forced on (groups of ~sqrt(chunks) chunks);
 - ``tiled-fixed``: a fixed ``--tile`` (default 128 px) with the exact halos, so the tile-chunk has the
   same size whatever the clip once the clip is wider than one crop (tile + 2 halos).
 
 Reported: step time, peak RSS above the built model (``VmHWM`` after resetting it through
-``/proc/self/clear_refs``), the bytes autograd saves outside the checkpointed regions
-(``saved_tensors_hooks``) and, on CUDA, ``max_memory_allocated``. Untiled runs whose predicted
-memory exceeds ``--memory-fraction`` of available memory are skipped and said so.
+``/proc/self/clear_refs``) with and without the step's output reconstruction (the whole clip, outside
+the bound by definition), the bytes autograd saves outside the checkpointed regions
+(``saved_tensors_hooks``) and, on CUDA, ``max_memory_allocated``. Workers run with a fixed glibc mmap
+threshold (``MALLOC_MMAP_THRESHOLD_``): otherwise freed activations stay in the heap and RSS reports
+the allocator's high-water mark instead of live tensors. Untiled runs whose predicted memory exceeds
+``--memory-fraction`` of available memory are skipped and said so.
 
 Architectures: ``bench`` (default on CPU) is the Wan 2.2 VAE's real depth and kernels (so its real
 receptive field: 160 px encoder halo, 15-cell decoder halo) at ``--width`` channels; ``production``
@@ -33,6 +40,7 @@ Writes ``bench/results/memory.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -48,7 +56,7 @@ sys.path.insert(0, str(REPO))
 GiB, MiB = 2**30, 2**20
 
 # Time grows at a fixed frame size (the default tile: one tile, more chunks), then space at a fixed tile.
-TRAIN_SIZES = "5x64x64,9x128x128,17x256x256,33x256x256,65x256x256"
+TRAIN_SIZES = "5x64x64,9x128x128,17x256x256,33x256x256,65x256x256,129x256x256"
 INFER_SIZES = {"1080p": (17, 1080, 1920), "4k": (17, 2160, 3840), "8k": (33, 4320, 7680)}
 
 
@@ -91,6 +99,8 @@ def worker(spec: dict) -> dict:
     tiling.train = spec["mode"] != "untiled"
     if spec["mode"] == "tiled-fixed":
         tiling.tile = spec["tile"]
+    tiling.nested = "always" if spec["mode"] == "tiled-nested" else spec["nested"]
+    from pyratok.model.bounded import resolve_nested
     from pyratok.model.tile_plan import plan_for
 
     plan = plan_for(model)
@@ -106,6 +116,14 @@ def worker(spec: dict) -> dict:
             seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
+    def forward(clip):
+        with autocast if autocast is not None else contextlib.nullcontext():
+            return model(clip, texts, progress=0.5)
+
+    # One-time costs (lazy initialisation, thread pools, first allocations, per-shape kernel choice) go
+    # to a warm-up step: on the same clip where both modes run (the time ratios), else a small one.
+    forward(video if spec.get("warmup") == "same" else video[:, :, :5, :64, :64]).loss.backward()
+    model.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -113,11 +131,7 @@ def worker(spec: dict) -> dict:
     _reset_peak()
     started = time.perf_counter()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        if autocast is not None:
-            with autocast:
-                out = model(video, texts, progress=0.5)
-        else:
-            out = model(video, texts, progress=0.5)
+        out = forward(video)
     out.loss.backward()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -127,20 +141,37 @@ def worker(spec: dict) -> dict:
     return {
         "step_s": step_s,
         "peak_rss_bytes": _status("VmHWM") - base,
+        # the step's output reconstruction (detached, whole clip): outside the bound by definition; the
+        # input clip was allocated before the baseline
+        "output_bytes": out.recon.numel() * out.recon.element_size(),
         "saved_outer_bytes": sum(seen.values()),
         "cuda_peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
         "loss": float(out.loss),
         "saturated": min(height, width) >= max(crop_enc, crop_dec),
         "tile_chunks": plan.tile_chunks(frames, height, width),
         "plan": {"tile_px": plan.tile * plan.cell, "halo_px": plan.halo * plan.cell,
-                 "decoder_halo_px": plan.decoder_halo * plan.latent_stride, "time_chunk": plan.time_chunk},
+                 "decoder_halo_px": plan.decoder_halo * plan.latent_stride, "time_chunk": plan.time_chunk,
+                 "nested": spec["nested"]},
+        "nested": resolve_nested(model, plan, video),
     }
+
+
+def _worker_env(malloc: str) -> dict:
+    # glibc raises its mmap threshold after each large free (up to 32 MiB), after which freed
+    # activations stay in the heap and RSS reports the allocator's high-water mark, not live
+    # tensors; a fixed threshold maps every large tensor on its own, so peak RSS tracks live bytes
+    # (this alone moved the nested-checkpoint comparison from "worse" to "better"). It costs page
+    # faults on every large allocation, so step times are measured under glibc's default.
+    env = dict(os.environ)
+    if malloc == "fixed":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    return env
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
     cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=_worker_env(spec.get("malloc", "fixed")))
     except subprocess.TimeoutExpired:
         return {"skipped": f"over the {timeout:.0f} s time limit"}
     if done.returncode != 0:
@@ -159,12 +190,20 @@ def train_section(args) -> dict:
         voxels = size[0] * size[1] * size[2]
         for mode in args.modes.split(","):
             spec = dict(size=size, mode=mode, tile=args.tile, device=args.device, dtype=args.dtype, arch=args.arch,
-                        width=args.width)
+                        width=args.width, nested=args.nested,
+                        warmup="same" if voxels * args.untiled_bytes_per_voxel <= args.memory_fraction * (available or 0)
+                        else "small")
             predicted = voxels * args.untiled_bytes_per_voxel
             if mode == "untiled" and available is not None and predicted > args.memory_fraction * available:
                 result = {"skipped": f"predicted {predicted / GiB:.1f} GiB > {args.memory_fraction:.0%} of available"}
             else:
                 result = run_worker(spec, args.timeout_s)
+                if spec["warmup"] == "same" and "skipped" not in result:
+                    # the time ratios: a second step under glibc's default malloc (the fixed mmap
+                    # threshold that makes RSS honest costs page faults on every large allocation)
+                    timed = run_worker({**spec, "malloc": "default"}, args.timeout_s)
+                    result["step_s_fixed_malloc"] = result["step_s"]
+                    result["step_s"] = timed.get("step_s", float("nan"))
             results[f"{text}/{mode}"] = result
             print(_row(text, mode, result), flush=True)
     return results
@@ -172,31 +211,42 @@ def train_section(args) -> dict:
 
 def _row(size: str, mode: str, r: dict) -> str:
     if "skipped" in r:
-        return f"| {size} | {mode} | skipped: {r['skipped']} | | | |"
+        return f"| {size} | {mode} | skipped: {r['skipped']} | | | | |"
     cuda = f"{r['cuda_peak_bytes'] / GiB:.2f}" if r.get("cuda_peak_bytes") else "-"
-    return (f"| {size} | {mode} | {r['step_s']:.1f} | {r['peak_rss_bytes'] / GiB:.2f} | "
-            f"{r['saved_outer_bytes'] / MiB:.0f} | {cuda} |")
+    nested = ", nested" if r.get("nested") else ""
+    return (f"| {size} | {mode}{nested} | {r['step_s']:.1f} | {r['peak_rss_bytes'] / GiB:.2f} | "
+            f"{(r['peak_rss_bytes'] - r['output_bytes']) / GiB:.2f} | {r['saved_outer_bytes'] / MiB:.0f} | {cuda} |")
 
 
 def summarize(results: dict) -> dict:
-    """The bench's ratios: tiled peak growth, untiled peak growth, tiled/untiled step time."""
+    """The bench's ratios: tiled peak growth (with and without the output clip), untiled growth, time ratios."""
     def ok(key):
         return key in results and "skipped" not in results[key]
 
     sizes = sorted({k.split("/")[0] for k in results}, key=lambda s: [int(v) for v in s.split("x")])
     out = {}
-    fixed = [s for s in sizes if ok(f"{s}/tiled-fixed") and results[f"{s}/tiled-fixed"]["saturated"]]
-    if len(fixed) >= 2:
-        peaks = [results[f"{s}/tiled-fixed"]["peak_rss_bytes"] for s in fixed]
-        out["tiled_fixed_peak_growth"] = {"from": fixed[0], "to": fixed[-1], "ratio": peaks[-1] / peaks[0]}
-    untiled = [s for s in sizes if ok(f"{s}/untiled")]
-    if len(untiled) >= 2:
-        peaks = [results[f"{s}/untiled"]["peak_rss_bytes"] for s in untiled]
-        out["untiled_peak_growth"] = {"from": untiled[0], "to": untiled[-1], "ratio": peaks[-1] / peaks[0]}
+
+    def growth(mode: str, keep) -> None:
+        series = [s for s in sizes if ok(f"{s}/{mode}") and keep(s)]
+        if len(series) >= 2:
+            first, last = results[f"{series[0]}/{mode}"], results[f"{series[-1]}/{mode}"]
+            out[f"{mode}_peak_growth"] = {
+                "from": series[0], "to": series[-1], "ratio": last["peak_rss_bytes"] / first["peak_rss_bytes"],
+                "ratio_above_output": (last["peak_rss_bytes"] - last["output_bytes"])
+                / (first["peak_rss_bytes"] - first["output_bytes"]),
+            }
+
+    # tiled-fixed: clips at least one crop wide; the others: time growth at the largest clip's frame size
+    growth("tiled-fixed", lambda s: results[f"{s}/tiled-fixed"]["saturated"])
+    if sizes:
+        frame = sizes[-1].split("x", 1)[1]
+        for mode in ("tiled-default", "tiled-nested"):
+            growth(mode, lambda s: s.split("x", 1)[1] == frame)
+    growth("untiled", lambda s: True)
     both = [s for s in sizes if ok(f"{s}/untiled") and ok(f"{s}/tiled-default")]
     if both:
-        ratios = {s: results[f"{s}/tiled-default"]["step_s"] / results[f"{s}/untiled"]["step_s"] for s in both}
-        out["tiled_default_time_ratio"] = ratios
+        out["tiled_default_time_ratio"] = {s: results[f"{s}/tiled-default"]["step_s"] / results[f"{s}/untiled"]["step_s"]
+                                           for s in both}
     return out
 
 
@@ -236,8 +286,10 @@ def main() -> None:
     parser.add_argument("--worker")
     parser.add_argument("--sections", default="train")
     parser.add_argument("--sizes", default=TRAIN_SIZES)
-    parser.add_argument("--modes", default="untiled,tiled-default,tiled-fixed")
+    parser.add_argument("--modes", default="untiled,tiled-default,tiled-nested")
     parser.add_argument("--tile", type=int, default=128)
+    parser.add_argument("--nested", choices=("auto", "always", "never"), default="auto",
+                        help="model.tiling.nested for the tiled modes")
     parser.add_argument("--arch", choices=("bench", "production"), default="bench")
     parser.add_argument("--width", type=int, default=16, help="channels of the bench architecture (production: 160/256)")
     parser.add_argument("--device", default="cpu")
@@ -255,8 +307,9 @@ def main() -> None:
         return
     report: dict = {"args": vars(args)}
     if "train" in args.sections:
-        print("| clip | mode | step s | peak RSS GiB | saved outside checkpoints MiB | CUDA peak GiB |")
-        print("|---|---|---|---|---|---|")
+        print("| clip | mode | step s | peak RSS GiB | above the output clip GiB | saved outside checkpoints MiB | "
+              "CUDA peak GiB |")
+        print("|---|---|---|---|---|---|---|")
         report["train"] = train_section(args)
         report["train_summary"] = summarize(report["train"])
         print(json.dumps(report["train_summary"], indent=2))

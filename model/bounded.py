@@ -20,10 +20,11 @@ input/output tensors themselves.
    for LPIPS/DINO come out with their gradient and are scored whole afterwards.
 
 Each region runs under ``torch.utils.checkpoint`` (non-reentrant), so backward recomputes it from
-its inputs (the crop, the cache it was given). With ``nested``, each whole tile is checkpointed too,
-and inside it each group of ~sqrt(chunks) chunks: backward then holds the causal caches at the group
-borders of one tile and those inside one group, instead of every chunk border of the whole clip
-(two more forwards of the VAE in exchange).
+its inputs (the crop, the cache it was given). With ``nested``, each group of ~sqrt(chunks) chunks is
+checkpointed too and, when there are several tiles, each whole tile: backward then holds the causal
+caches at the group borders of one tile and those inside one group, instead of every chunk border of
+the whole clip (one more forward of the VAE per checkpoint level in exchange; the tile level is
+skipped for a single tile, where it would free nothing).
 Every loss is the same function of the same numbers as the untiled forward's (sums over
 disjoint interiors, divided once), so the tiled loss and gradients equal the untiled ones.
 """
@@ -92,12 +93,16 @@ class Runner:
         return torch_checkpoint(flat, *leaves, use_reentrant=False)
 
 
-def resolve_nested(model: "PyraTok", plan: TilePlan, shape: tuple[int, ...]) -> bool:
+def resolve_nested(model: "PyraTok", plan: TilePlan, video: torch.Tensor) -> bool:
     mode = model.config.tiling.nested
     if mode != "auto":
         return mode == "always"
-    _, _, frames, height, width = shape
-    return plan.tile_chunks(frames, height, width) > model.config.tiling.nested_above
+    from pyratok.model.streaming import border_cache_bytes
+
+    b, _, frames, height, width = video.shape
+    value_bytes = 2 if torch.is_autocast_enabled(video.device.type) else video.element_size()
+    caches = border_cache_bytes(model, plan, (b, frames, height, width), value_bytes=value_bytes)
+    return caches > model.config.tiling.nested_above_gb * 2**30
 
 
 def _add(sums: dict[str, Any], key: str, value: torch.Tensor) -> None:
@@ -155,7 +160,8 @@ def encode_region(spec: EncodeSpec, rows: Span, cols: Span, j0: int, j1: int, cr
             sums[f"commitment/{i}"] = (q.z - q.bits.detach()).pow(2).sum()
         if lc.entropy.enabled:
             sums[f"token_entropy/{i}"] = bernoulli_entropy(q.logits.float()).sum()
-            sums[f"code_dist/{i}"] = code_distribution_sum(q.logits, lapq_cfg.entropy_group_bits)
+            sums[f"code_dist/{i}"] = code_distribution_sum(q.logits, exact=lapq_cfg.exact_codebook_entropy,
+                                                            group_bits=lapq_cfg.entropy_group_bits)
         if lc.text_kl.enabled:
             target = spec.text_logits.detach()[:, None, None, None, :]
             sums[f"text_kl/{i}"] = bernoulli_kl(q.logits, target).sum()
@@ -317,7 +323,7 @@ def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding 
     cfg, lc = model.config, model.config.losses
     plan = plan_for(model, tile=cfg.tiling.tile_for(*video.shape[-2:]))
     run = Runner(cfg.tiling.checkpoint)
-    nested = Runner(cfg.tiling.checkpoint and resolve_nested(model, plan, tuple(video.shape)))
+    nested = Runner(cfg.tiling.checkpoint and resolve_nested(model, plan, video))
     b, _, frames, height, width = video.shape
     grids = list(model.lapq.grids)
     shapes = [g.shape(frames, height, width) for g in grids]
@@ -329,10 +335,11 @@ def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding 
                       drift=lc.drift.enabled)
 
     tiles = plan.encoder_tiles(height, width)
+    per_tile = nested if len(tiles) > 1 else Runner(False)
     latent_pieces, id_pieces, sums, window_parts = [], [], {}, []
     for rows, cols in tiles:
         crop = video[..., rows.lo * plan.cell : rows.hi * plan.cell, cols.lo * plan.cell : cols.hi * plan.cell]
-        latents, tile_sums, ids, tagged = nested(functools.partial(encode_tile, spec, rows, cols, run, nested), crop)
+        latents, tile_sums, ids, tagged = per_tile(functools.partial(encode_tile, spec, rows, cols, run, nested), crop)
         latent_pieces.append(latents)
         id_pieces.append(ids)
         for key, value in tile_sums.items():
@@ -354,16 +361,17 @@ def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding 
                     buf[(slice(None), *dst)] = piece.to(buf.dtype)
             window_bits.append(buf)
 
-    features = nested(functools.partial(decode_head_all, model, plan, run, nested), latents)
+    features = decode_head_all(model, plan, run, nested, latents)  # whole frames: one "tile", no tile level
     dspec = DecodeSpec(model=model, plan=plan, target=video, ssim_size=ssim_window(height, width),
                        sample_frames=sample_frames)
     dec_tiles = plan.decoder_tiles(height, width)
+    per_tile = nested if len(dec_tiles) > 1 else Runner(False)
     rec_sums: dict[str, torch.Tensor] = {}
     sampled: dict[int, list] = {}
     recon_pieces = []
     for rows, cols in dec_tiles:
         crop = features[..., rows.lo : rows.hi, cols.lo : cols.hi]
-        tile_sums, tile_sampled, recon = nested(functools.partial(decode_tile, dspec, rows, cols, run, nested), crop)
+        tile_sums, tile_sampled, recon = per_tile(functools.partial(decode_tile, dspec, rows, cols, run, nested), crop)
         for key, value in tile_sums.items():
             _add(rec_sums, key, value)
         for k, v in tile_sampled.items():

@@ -71,19 +71,31 @@ class LapqConfig(StrictModel):
     """Groups of the no-affine GroupNorm on z (must divide code_bits)."""
     inv_temperature: float = Field(1.0, gt=0)
     """tau: per-bit posterior p_i = sigmoid(4 tau z_i), i.e. softmax(-tau ||z - c||^2) over codes."""
+    codebook_entropy: Literal["exact", "grouped_upper_bound"] = "exact"
+    """The entropy loss's codebook term. exact: the entropy of the batch's average distribution over all
+    2^code_bits codes (one (2^(bits/2))^2 matrix, model/lfq.py). grouped_upper_bound: the sum of the
+    entropies of ``entropy_group_bits``-bit groups, which a batch using few codes can still max out."""
     entropy_group_bits: int = Field(8, ge=1)
-    """Bits per group for the exact bit-grouped entropies (8 -> groups of 256 sub-codes)."""
+    """Bits per group of ``codebook_entropy: grouped_upper_bound`` (8 -> groups of 256 sub-codes)."""
+
+    @property
+    def exact_codebook_entropy(self) -> bool:
+        return self.codebook_entropy == "exact"
 
     @model_validator(mode="after")
     def _check(self) -> "LapqConfig":
         if self.code_bits % self.z_norm_groups:
             raise ValueError(f"lapq.z_norm_groups={self.z_norm_groups} must divide lapq.code_bits={self.code_bits}")
-        if self.code_bits % self.entropy_group_bits:
-            raise ValueError(
-                f"lapq.entropy_group_bits={self.entropy_group_bits} must divide lapq.code_bits={self.code_bits}"
-            )
-        if self.entropy_group_bits > 12:
-            raise ValueError("lapq.entropy_group_bits must be <= 12 (a group materialises tokens x 2^bits)")
+        if self.codebook_entropy == "exact" and self.code_bits > 24:
+            raise ValueError(f"lapq.code_bits={self.code_bits}: the exact codebook entropy handles up to 24 bits "
+                             "(each half materialises tokens x 2^(bits/2)); use codebook_entropy: grouped_upper_bound")
+        if self.codebook_entropy == "grouped_upper_bound":
+            if self.code_bits % self.entropy_group_bits:
+                raise ValueError(
+                    f"lapq.entropy_group_bits={self.entropy_group_bits} must divide lapq.code_bits={self.code_bits}"
+                )
+            if self.entropy_group_bits > 12:
+                raise ValueError("lapq.entropy_group_bits must be <= 12 (a group materialises tokens x 2^bits)")
         if self.dim % self.heads:
             raise ValueError(f"lapq.heads={self.heads} must divide lapq.dim={self.dim}")
         return self
@@ -172,12 +184,13 @@ class TilingConfig(StrictModel):
     """Training forward runs tiled and time-chunked (false: the plain untiled forward through diffusers' own loops)."""
     checkpoint: bool = True
     """Activation checkpointing of each tile-chunk (false where memory allows: faster, same result)."""
-    nested: Literal["auto", "always", "never"] = "never"
-    """Also checkpoint each whole tile and each group of ~sqrt(chunks) chunks, meant to keep the causal caches
-    at chunk borders for one tile at a time instead of the whole clip (two extra VAE forwards). Exact, but
-    bench/memory.py measures a higher backward peak with it than without so far: experimental.
-    auto: when a clip has more than ``nested_above`` tile-chunks."""
-    nested_above: int = Field(8, ge=1)
+    nested: Literal["auto", "always", "never"] = "auto"
+    """Also checkpoint each group of ~sqrt(chunks) chunks and, with several tiles, each whole tile: backward
+    then holds the causal caches at chunk borders of one tile and one group at a time (~2 sqrt(chunks) of
+    them) instead of every border of the clip, for one more VAE forward per level. Exact.
+    auto: when the caches at every border would exceed ``nested_above_gb``."""
+    nested_above_gb: float = Field(4.0, gt=0)
+    """``nested: auto``'s threshold on the chunk-border caches a step would keep without nesting."""
 
     def tile_for(self, height: int, width: int) -> int:
         """The training tile (px) for a clip of this size."""

@@ -81,24 +81,37 @@ def group_code_log_probs(logits: torch.Tensor) -> torch.Tensor:
     return half @ codes.T - log_norm
 
 
-def code_distribution_sum(logits: torch.Tensor, group_bits: int) -> torch.Tensor:
-    """(groups, 2^g): per bit group, the sum over tokens of each token's distribution over that group's sub-codes.
+def code_distribution_sum(logits: torch.Tensor, *, exact: bool = True, group_bits: int = 8) -> torch.Tensor:
+    """The sum over tokens of each token's distribution over codes, as the entropy needs it.
 
-    A sum, so it can be accumulated over tiles and time chunks; ``/ tokens`` is the batch average.
+    ``exact``: the joint over all 2^bits codes, as a (2^a, 2^b) matrix (the bits split into halves of
+    a and b bits): sum_n q_A(n) q_B(n)^T, where q_A, q_B are a token's distributions over each half's
+    sub-codes (products of its per-bit Bernoullis, so their outer product is its distribution over the
+    whole code). One matmul; nothing tokens x 2^bits wide is ever built.
+    Otherwise ``(groups, 2^group_bits)``: each bit group's marginal; ``entropy_of_average`` of it is the
+    sum of the groups' entropies, an *upper bound* on the codebook entropy (tight only if the groups
+    are independent across the batch).
+
+    A sum, so it accumulates over tiles and time chunks; ``/ tokens`` is the batch average.
     """
     flat = logits.reshape(-1, logits.shape[-1]).float()
-    return torch.stack([group_code_log_probs(group).exp().sum(0) for group in flat.split(group_bits, dim=-1)])
+    if not exact:
+        return torch.stack([group_code_log_probs(group).exp().sum(0) for group in flat.split(group_bits, dim=-1)])
+    half = (flat.shape[-1] + 1) // 2
+    q_a, q_b = group_code_log_probs(flat[:, :half]).exp(), group_code_log_probs(flat[:, half:]).exp()
+    with torch.autocast(device_type=flat.device.type, enabled=False):  # fp32: the entries go down to ~1/65,536
+        return q_a.T @ q_b
 
 
 def entropy_of_average(average: torch.Tensor) -> torch.Tensor:
-    """Sum over groups of the entropy (nats) of each group's averaged distribution (rows of ``average``)."""
+    """-sum p log p over the entries of ``average`` (nats): the exact joint's entropy, or the groups' entropies summed."""
     return -(average * average.clamp_min(1e-12).log()).sum()
 
 
-def codebook_entropy(logits: torch.Tensor, group_bits: int) -> torch.Tensor:
-    """Entropy (nats) of the token-averaged code distribution, exact within groups of ``group_bits`` bits, summed."""
+def codebook_entropy(logits: torch.Tensor, *, exact: bool = True, group_bits: int = 8) -> torch.Tensor:
+    """Entropy (nats) of the token-averaged code distribution (``exact``: over all codes; else the grouped bound)."""
     tokens = logits.numel() // logits.shape[-1]
-    return entropy_of_average(code_distribution_sum(logits, group_bits) / tokens)
+    return entropy_of_average(code_distribution_sum(logits, exact=exact, group_bits=group_bits) / tokens)
 
 
 def per_token_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -147,8 +160,9 @@ def commitment(q: Quantized) -> torch.Tensor:
     return (q.z - q.bits.detach()).pow(2).mean()
 
 
-def entropy_aux(q: Quantized, *, gamma: float = 1.0, group_bits: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def entropy_aux(q: Quantized, *, gamma: float = 1.0, exact: bool = True,
+                group_bits: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-token entropy - gamma * codebook entropy, per-token entropy, codebook entropy)."""
     token_h = per_token_entropy(q.logits)
-    book_h = codebook_entropy(q.logits, group_bits)
+    book_h = codebook_entropy(q.logits, exact=exact, group_bits=group_bits)
     return token_h - gamma * book_h, token_h, book_h

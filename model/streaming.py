@@ -123,20 +123,33 @@ class MemoryBudgetError(ValueError):
 
 
 def _densities(module: nn.Module, names: Callable[[str], bool], *, start_scale: float, grow: bool) -> tuple[float, float]:
-    """(largest activation, sum of causal caches), in values per unit of ``start_scale``'s grid, walking the convs."""
+    """(largest activation, sum of causal caches), in values per unit of ``start_scale``'s grid, walking the convs.
+
+    Two details of diffusers' ``WanResample``: a temporally strided ``time_conv`` (down-sampling) caches
+    one frame, not two; an up-sampling ``time_conv`` runs before its sibling ``resample`` (which holds the
+    ``nn.Upsample``) although it is registered after it, so it counts at the pre-upsample scale.
+    """
     largest, caches, scale = 0.0, 0.0, start_scale
+    before_upsample: dict[str, float] = {}  # resample's owner -> scale before its upsample
     for name, m in module.named_modules():
         if not names(name) or ".lora_" in name:
             continue
         if grow and isinstance(m, nn.Upsample):
+            owner = name.rsplit(".resample.", 1)[0] if ".resample." in name else None
+            if owner is not None:
+                before_upsample[owner] = scale
             factor = m.scale_factor
             scale *= float(factor[-1] if isinstance(factor, (tuple, list)) else factor)
         elif isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            at = scale
+            if name.endswith(".time_conv"):
+                at = before_upsample.get(name[: -len(".time_conv")], scale)
             if isinstance(m, nn.Conv3d) and m.kernel_size[0] > 1:
-                caches += 2 * m.in_channels * scale**2
+                caches += (1 if m.stride[0] > 1 else 2) * m.in_channels * at**2
             if not grow:
                 scale /= m.stride[-1]
-            largest = max(largest, m.out_channels * scale**2)
+                at = scale
+            largest = max(largest, m.out_channels * at**2)
     return largest, caches
 
 
@@ -178,6 +191,28 @@ def estimate_memory(model: "PyraTok", plan: TilePlan, shape: tuple[int, int, int
         head = batch * (height // s) * (width // s) * mid * 4 * LIVE_TENSORS
         tile = max(tile, batch * dcrop * 4 * (LIVE_TENSORS * 4 * dec_largest + dec_caches), head)
     return MemoryEstimate(clip=int(clip), tile=int(tile))
+
+
+def cache_values_per_pixel(model: "PyraTok") -> tuple[float, float]:
+    """Causal-cache values at one chunk border per crop pixel: (encoder up to the taps, decoder tail)."""
+    vae = model.backbone.vae
+    _, enc = _densities(vae.encoder, lambda n: in_encoder_taps(n, model.backbone.tap_blocks),
+                        start_scale=1.0 / (vae.config.patch_size or 1), grow=False)
+    _, dec = _densities(vae.decoder, in_decoder_tail, start_scale=1.0 / model.backbone.latent_grid.stride, grow=True)
+    return enc, dec
+
+
+def border_cache_bytes(model: "PyraTok", plan: TilePlan, shape: tuple[int, int, int, int], *, value_bytes: int) -> int:
+    """Bytes of the causal caches at every chunk border of every tile: what a training step keeps without nesting."""
+    batch, frames, height, width = shape
+    enc, dec = cache_values_per_pixel(model)
+
+    def pixels(tiles, unit: int) -> int:
+        return sum((r.hi - r.lo) * (c.hi - c.lo) for r, c in tiles) * unit * unit
+
+    values = (enc * pixels(plan.encoder_tiles(height, width), plan.cell)
+              + dec * pixels(plan.decoder_tiles(height, width), plan.latent_stride))
+    return int(batch * (len(plan.chunks(frames)) - 1) * values * value_bytes)
 
 
 def available_memory() -> int:

@@ -304,7 +304,8 @@ class PyraTok(nn.Module):
             terms["commitment"] = codebook_losses.commitment(levels)
         if lc.entropy.enabled:
             terms["entropy"], entropy_stats = codebook_losses.entropy(
-                levels, gamma=lc.entropy.gamma, group_bits=cfg.lapq.entropy_group_bits)
+                levels, gamma=lc.entropy.gamma, exact=cfg.lapq.exact_codebook_entropy,
+                group_bits=cfg.lapq.entropy_group_bits)
             stats.update(entropy_stats)
         if lc.hier_kl.enabled and len(levels) > 1:
             terms["hier_kl"] = codebook_losses.hierarchical_kl(levels)

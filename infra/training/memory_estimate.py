@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,14 +44,19 @@ TARGETS = [  # (label, global batch per GPU, frames, height, width)
 ]
 
 
-def build_model(tile: int):
+def build_model(tile: int, arch: str = "production", width: int = 16):
     from pyratok.config import load
     from pyratok.model import PyraTok
     from pyratok.model.presets import production
     from pyratok.pipelines.train.stages import stage_config
 
     cfg = load("local")
-    cfg = cfg.model_copy(update={"model": production("wan2.2")})
+    if arch == "production":
+        model_cfg = production("wan2.2")
+    else:  # bench/memory.py's architecture: Wan 2.2 depth and kernels at `width` channels
+        model_cfg = cfg.model.model_copy(deep=True)
+        model_cfg.backbone.arch = {"base_dim": width, "decoder_base_dim": width, "z_dim": 48, "num_res_blocks": 2}
+    cfg = cfg.model_copy(update={"model": model_cfg})
     cfg = stage_config(cfg, 2)  # stage 2: the full objective except DINO (DINO's cost is constant)
     cfg.model.tiling.tile = tile
     model = PyraTok.from_config(cfg.model)
@@ -146,7 +152,12 @@ def persistent_probe(model, frames: int, side: int) -> tuple[int, int, int]:
         finally:
             meter.phase = "outside"
 
-    model.config.tiling.nested = "always"  # as at paper scale: chunk-border caches live inside each tile's checkpoint
+    # As at paper scale: several tiles (here a 32 px tile, its crop clipped to the frame), so the causal
+    # caches at chunk borders live inside each tile's checkpoint, not in what the clip keeps. The
+    # decoder head's group borders (whole frames) stay in it, counted linearly in voxels (an overcount).
+    tiling = model.config.tiling
+    saved = tiling.model_copy()
+    tiling.nested, tiling.tile, tiling.train_tiles = "always", 32, []
     head.forward_window = ar_phase
     try:
         with meter.hooks():
@@ -154,22 +165,9 @@ def persistent_probe(model, frames: int, side: int) -> tuple[int, int, int]:
         out.loss.backward()
         model.zero_grad(set_to_none=True)
     finally:
-        model.config.tiling.nested = "auto"
+        model.config.tiling = saved
         del head.forward_window
     return meter.total("outside"), meter.total("ar"), tokens[0]
-
-
-def cache_values_per_pixel(model) -> tuple[float, float]:
-    """Causal-cache values per input pixel and per chunk, encoder and decoder tail (2 frames per causal conv)."""
-    from pyratok.model.streaming import _densities
-    from pyratok.model.vae_chunks import in_decoder_tail, in_encoder_taps
-
-    vae = model.backbone.vae
-    blocks = model.backbone.tap_blocks
-    _, enc = _densities(vae.encoder, lambda n: in_encoder_taps(n, blocks), start_scale=1.0 / (vae.config.patch_size or 1),
-                        grow=False)
-    _, dec = _densities(vae.decoder, in_decoder_tail, start_scale=1.0 / model.backbone.latent_grid.stride, grow=True)
-    return enc, dec
 
 
 def fit(xs, ys):
@@ -177,30 +175,55 @@ def fit(xs, ys):
     return float(slope), float(intercept)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--region-probes", default="48,80", help="crop sides (px) of the one-tile probes")
-    parser.add_argument("--clip-probes", default="9x64,17x64", help="frames x side of the persistent probes")
-    args = parser.parse_args()
-    from pyratok.model.tile_plan import plan_for
+@dataclass
+class Measured:
+    """The probes' figures, fp32 bytes, that every prediction combines."""
 
-    torch.manual_seed(0)
-    model = build_model(args.tile)
-    plan = plan_for(model)
-    trainable = sum(p.numel() for p in model.trainable_parameters())
-    vae = sum(p.numel() for p in model.backbone.parameters() if not p.requires_grad)
-    print(f"trainable {trainable / 1e6:.1f} M; frozen VAE {vae / 1e6:.1f} M; plan: tile {plan.tile * plan.cell} px, "
-          f"encoder halo {plan.halo * plan.cell} px, decoder halo {plan.decoder_halo * plan.latent_stride} px, "
-          f"chunk {plan.time_chunk} latent frame(s)")
+    lines: dict[str, tuple[float, float]]
+    """Region kind -> (bytes per crop pixel, intercept) for one 4-frame chunk."""
+    per_voxel: float
+    persist_fixed: float
+    enc_cache: float
+    """Causal-cache values per crop pixel at one chunk border (encoder; decoder tail below)."""
+    dec_cache: float
 
+    def region(self, kind: str, crop_pixels: float) -> float:
+        slope, intercept = self.lines[kind]
+        return max(0.0, slope * crop_pixels + intercept)
+
+
+def activation_peak(m: Measured, plan, frames: int, height: int, width: int, *, micro: int, tile: int,
+                    value_bytes: int) -> dict[str, float]:
+    """What one micro-batch of clips holds at the step's peak, by term (``value_bytes``: 2 bf16, 4 fp32).
+
+    The peak is in backward of the widest tile-chunk, with nesting on (``nested: auto`` turns it on
+    past ``nested_above_gb`` of border caches): the clip's kept tensors, the causal caches of one tile's group
+    borders plus one group's (2 per chunk border and causal conv), and that region recomputed.
+    """
+    scale = value_bytes / 4  # the probes ran in fp32
+    halo_px, dec_halo_px = plan.halo * plan.cell, plan.decoder_halo * plan.latent_stride
+    chunks = len(plan.chunks(frames))
+    group = max(1, round(math.sqrt(chunks)))
+    live = math.ceil(chunks / group) + group if chunks > group else chunks
+    enc_px = min(tile + 2 * halo_px, height) * min(tile + 2 * halo_px, width)
+    dec_px = min(tile + 2 * dec_halo_px, height) * min(tile + 2 * dec_halo_px, width)
+    regions = max(m.region("encode_region", enc_px), m.region("decode_region", dec_px),
+                  m.region("decoder_head", height * width))
+    return {
+        "clip": micro * frames * height * width * (m.per_voxel + 3 * 2 * value_bytes) * scale + m.persist_fixed * scale,
+        "caches": micro * live * value_bytes * max(m.enc_cache * enc_px, m.dec_cache * dec_px),
+        "region": micro * regions * scale,
+        "halo_compute": (enc_px + dec_px) / (2 * min(tile, height) * min(tile, width)),
+    }
+
+
+def measure(model, args) -> Measured:
     started = time.perf_counter()
     probes = {}
     for side in (int(v) for v in args.region_probes.split(",")):
         probes[side] = region_probe(model, side)
         print(f"region probe {side}px: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in probes[side].items()))
     sides = sorted(probes)
-    # per region kind: bytes per crop pixel (a 4-frame chunk) in fp32
     lines = {kind: fit([s * s for s in sides], [probes[s][kind] for s in sides]) for kind in probes[sides[0]]}
     persist, ar_bytes = [], 0.0
     for text in args.clip_probes.split(","):
@@ -211,9 +234,50 @@ def main() -> None:
         print(f"persistent probe {text}: {nbytes / 2**20:.1f} MiB kept outside the regions; AR head {ar / 2**20:.0f} MiB "
               f"for {tokens} tokens")
     per_voxel, persist_fixed = fit(*zip(*persist))
-    persist_fixed = max(0.0, persist_fixed) + ar_bytes
+    from pyratok.model.streaming import cache_values_per_pixel
+
     enc_cache, dec_cache = cache_values_per_pixel(model)
     print(f"probes took {time.perf_counter() - started:.0f} s")
+    return Measured(lines=lines, per_voxel=per_voxel, persist_fixed=max(0.0, persist_fixed) + ar_bytes,
+                    enc_cache=enc_cache, dec_cache=dec_cache)
+
+
+def check(m: Measured, plan, sizes: str) -> None:
+    """Predictions for ``bench/memory.py``'s clips (fp32, one clip, its default tile) to hold against its peak RSS."""
+    print("\n| clip (fp32, bench check) | clip terms | caches | region | predicted activations |")
+    print("|---|---|---|---|---|")
+    for text in sizes.split(","):
+        frames, height, width = (int(v) for v in text.split("x"))
+        p = activation_peak(m, plan, frames, height, width, micro=1, tile=plan.tile * plan.cell, value_bytes=4)
+        total = p["clip"] + p["caches"] + p["region"]
+        print(f"| {text} | {p['clip'] / GB:.2f} GB | {p['caches'] / GB:.2f} GB | {p['region'] / GB:.2f} GB | "
+              f"{total / GB:.2f} GB |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--region-probes", default="48,80", help="crop sides (px) of the one-tile probes")
+    parser.add_argument("--clip-probes", default="9x64,17x64", help="frames x side of the persistent probes")
+    parser.add_argument("--arch", choices=("production", "bench"), default="production")
+    parser.add_argument("--width", type=int, default=16, help="channels of the bench architecture")
+    parser.add_argument("--check", default="",
+                        help="with --arch bench: FxHxW clips to predict for comparison with bench/memory.py's peak RSS")
+    args = parser.parse_args()
+    from pyratok.model.tile_plan import plan_for
+
+    torch.manual_seed(0)
+    model = build_model(args.tile, args.arch, args.width)
+    plan = plan_for(model)
+    trainable = sum(p.numel() for p in model.trainable_parameters())
+    vae = sum(p.numel() for p in model.backbone.parameters() if not p.requires_grad)
+    print(f"trainable {trainable / 1e6:.1f} M; frozen VAE {vae / 1e6:.1f} M; plan: tile {plan.tile * plan.cell} px, "
+          f"encoder halo {plan.halo * plan.cell} px, decoder halo {plan.decoder_halo * plan.latent_stride} px, "
+          f"chunk {plan.time_chunk} latent frame(s)")
+    m = measure(model, args)
+    if args.check:
+        check(m, plan, args.check)
+        return
 
     frozen_all = vae + QWEN_LM_PARAMS + DINOV3_L_PARAMS
     weights = (frozen_all + trainable) * 2
@@ -223,10 +287,6 @@ def main() -> None:
     enc_crop = (plan.tile + 2 * plan.halo) * plan.cell
     dec_crop = (plan.decoder_tile + 2 * plan.decoder_halo) * plan.latent_stride
 
-    def region_bf16(kind: str, crop_pixels: float) -> float:
-        slope, intercept = lines[kind]
-        return max(0.0, slope * crop_pixels + intercept) / 2
-
     print()
     print("| term | per GPU |")
     print("|---|---|")
@@ -234,46 +294,38 @@ def main() -> None:
     print(f"| trainable {trainable / 1e6:.0f} M: bf16 weights + ZeRO-2 AdamW state and gradients over {GPUS} GPUs | "
           f"{(trainable * 2 + optimizer + grads) / GB:.2f} GB |")
     print(f"| one encoder tile-chunk (crop {enc_crop}² x 4 frames), recomputed, bf16 | "
-          f"{region_bf16('encode_region', min(enc_crop, 4096) ** 2) / GB:.1f} GB |")
+          f"{m.region('encode_region', enc_crop ** 2) / 2 / GB:.1f} GB |")
     print(f"| one decoder-tail tile-chunk (crop {dec_crop}² x 4 frames), recomputed, bf16 | "
-          f"{region_bf16('decode_region', min(dec_crop, 4096) ** 2) / GB:.1f} GB |")
-    print(f"| kept for the whole clip outside the regions, bf16 | {per_voxel / 2:.1f} B per voxel + {persist_fixed / 2 / GB:.2f} GB "
-          f"(AR head at its {model.config.ar.token_budget}-token budget) |")
+          f"{m.region('decode_region', dec_crop ** 2) / 2 / GB:.1f} GB |")
+    print(f"| kept for the whole clip outside the regions, bf16 | {m.per_voxel / 2:.1f} B per voxel + "
+          f"{m.persist_fixed / 2 / GB:.2f} GB (AR head at its {model.config.ar.token_budget}-token budget) |")
     print("| input clip + detached reconstruction, bf16 | 12 B per voxel |")
-    print(f"| causal caches at chunk borders, one tile (nested), bf16 | {enc_cache * 2:.0f} + {dec_cache * 2:.0f} B per crop pixel per chunk |")
+    print(f"| causal caches at one chunk border, bf16 | {m.enc_cache * 2:.0f} (encoder) / {m.dec_cache * 2:.0f} (decoder) "
+          "B per crop pixel |")
     print()
-    print("| geometry | batch/GPU | micro-batch x accumulation | tile (halo compute x) | tile-chunks per clip | peak per GPU | fits 80 GB |")
-    print("|---|---|---|---|---|---|---|")
-    halo_px, dec_halo_px = plan.halo * plan.cell, plan.decoder_halo * plan.latent_stride
+    print("| geometry | batch/GPU | micro-batch x accumulation | tile (halo compute x) | tile-chunks per clip | "
+          "clip terms | live caches | tile-chunk | peak per GPU | fits 80 GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, batch, frames, height, width in TARGETS:
-        voxels_per_clip = frames * height * width
-        chunks = len(plan.chunks(frames))
-        group = max(1, round(math.sqrt(chunks)))
-        live_caches = math.ceil(chunks / group) + group  # nested: group borders of one tile + inside one group
         best = None
         for tile in (512, 384, 256):
             for micro in (batch, 2, 1):
                 if batch % micro:
                     continue
-                enc_px = min(tile + 2 * halo_px, height) * min(tile + 2 * halo_px, width)
-                dec_px = min(tile + 2 * dec_halo_px, height) * min(tile + 2 * dec_halo_px, width)
-                head = region_bf16("decoder_head", height * width)
-                regions = max(region_bf16("encode_region", enc_px), region_bf16("decode_region", dec_px), head) * micro
-                caches = micro * live_caches * 2 * max(enc_cache * enc_px, dec_cache * dec_px)
-                keep = micro * voxels_per_clip * (per_voxel / 2 + 12) + persist_fixed / 2
-                peak = fixed + keep + caches + regions
-                overhead = (enc_px + dec_px) / (2 * min(tile, height) * min(tile, width))
-                best = (tile, micro, peak, overhead, enc_px, dec_px)
+                p = activation_peak(m, plan, frames, height, width, micro=micro, tile=tile, value_bytes=2)
+                peak = fixed + p["clip"] + p["caches"] + p["region"]
+                best = (tile, micro, peak, p)
                 if peak < 0.9 * HBM:
                     break
             if best[2] < 0.9 * HBM:
                 break
-        tile, micro, peak, overhead, _, _ = best
-        tiles = math.ceil(height / tile) * math.ceil(width / tile) * chunks
-        print(f"| {label}: {frames}x{height}x{width} | {batch} | {micro} x {batch // micro} | {tile} px ({overhead:.1f}x) | "
-              f"{tiles} | {peak / GB:.1f} GB | {'yes' if peak < HBM else 'no'} |")
+        tile, micro, peak, p = best
+        tiles = math.ceil(height / tile) * math.ceil(width / tile) * len(plan.chunks(frames))
+        print(f"| {label}: {frames}x{height}x{width} | {batch} | {micro} x {batch // micro} | {tile} px "
+              f"({p['halo_compute']:.1f}x) | {tiles} | {p['clip'] / GB:.1f} GB | {p['caches'] / GB:.1f} GB | "
+              f"{p['region'] / GB:.1f} GB | {peak / GB:.1f} GB | {'yes' if peak < HBM else 'no'} |")
     print("\n(peak = weights and optimizer + what the clip keeps + the live causal caches of one tile + the largest "
-          "tile-chunk region; 'fits' leaves 10 % for the allocator)")
+          "tile-chunk region; a row takes the largest tile and micro-batch under 90 % of 80 GB)")
 
 
 if __name__ == "__main__":

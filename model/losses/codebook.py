@@ -27,11 +27,12 @@ def commitment(levels: list[LevelOutput]) -> torch.Tensor:
     return _mean([level_commitment(lv.quantized) for lv in levels])
 
 
-def entropy(levels: list[LevelOutput], *, gamma: float, group_bits: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def entropy(levels: list[LevelOutput], *, gamma: float, exact: bool = True,
+            group_bits: int = 8) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mean over levels of token entropy - gamma * codebook entropy, per-level entropies for metrics)."""
     terms, stats = [], {}
     for i, lv in enumerate(levels, start=1):
-        term, token_h, book_h = entropy_aux(lv.quantized, gamma=gamma, group_bits=group_bits)
+        term, token_h, book_h = entropy_aux(lv.quantized, gamma=gamma, exact=exact, group_bits=group_bits)
         terms.append(term)
         stats[f"token_entropy/level{i}"] = token_h.detach()
         stats[f"codebook_entropy/level{i}"] = book_h.detach()

@@ -169,6 +169,28 @@ def _from_run(run_id: str) -> InitSource:
     return InitSource(uri, run_id)
 
 
+def latest_stage_run(experiment_id: str, stage: int) -> InitSource:
+    """``--init-from latest``: the newest FINISHED ``train-stage<stage>`` run of the experiment that exported a model."""
+    import mlflow
+
+    from pyratok.core.tracking import STAGE_TAG
+
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{STAGE_TAG}` = 'train-stage{stage}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50,
+    )
+    for run in runs:
+        uri = run.data.tags.get(MODEL_URI_TAG)
+        if uri:
+            return InitSource(uri, run.info.run_id)
+    raise FileNotFoundError(
+        f"--init-from latest: no finished stage-{stage} run with an exported model in MLflow experiment "
+        f"{experiment_id} at {mlflow.get_tracking_uri()}; train stage {stage} first or pass its checkpoint"
+    )
+
+
 # -- resume pointers ------------------------------------------------------------
 def latest_pointer_uri(storage_path: str, stage: int) -> str:
     return join(storage_path, f"stage{stage}.latest.json")

@@ -77,6 +77,38 @@ def resolve_caption_version(storage: Storage, data: str, caption_version: str | 
     return resolve_version(storage, data, caption_version)
 
 
+def _init_source(cfg, storage: Storage, stage: int, init_from: str | None, *, from_scratch: bool, resumed: bool,
+                 tracking: bool):
+    """Where stage ``stage`` starts: ``--init-from`` resolved, or None (stage 1, or an explicit ``--from-scratch``).
+
+    Stages 2 and 3 fine-tune the previous stage's model; starting them from the bare VAE by omission
+    would waste a run, so that needs ``--from-scratch``.
+    """
+    from pyratok.core.tracking import configure
+    from pyratok.pipelines.train.checkpoint import RUN_ID, latest_stage_run, resolve_init_from
+
+    if init_from and from_scratch:
+        raise ValueError("--init-from and --from-scratch exclude each other")
+    if not init_from:
+        if stage > 1 and not from_scratch and not resumed:
+            raise ValueError(
+                f"stage {stage} fine-tunes stage {stage - 1}'s model: pass --init-from <exported model folder, "
+                f"training checkpoint, MLflow run id, or 'latest' (the newest finished stage-{stage - 1} run in "
+                f"this MLflow experiment)>, or --from-scratch to start stage {stage} from the pretrained VAE alone"
+            )
+        return None
+    spec = str(init_from).strip()
+    if spec == "latest":
+        if stage == 1:
+            raise ValueError("--init-from latest: stage 1 has no previous stage")
+        if not tracking:
+            raise ValueError("--init-from latest looks the previous stage up in MLflow, but tracking.enabled is false")
+        return latest_stage_run(configure(cfg.tracking, cfg.work_dir), stage - 1)
+    if tracking and RUN_ID.match(spec):
+        configure(cfg.tracking, cfg.work_dir)  # --init-from names a run: look it up in this store
+    return resolve_init_from(storage, spec)
+
+
 def run_training(
     cfg,
     *,
@@ -84,6 +116,7 @@ def run_training(
     data: str,
     caption_version: str | None = None,
     init_from: str | None = None,
+    from_scratch: bool = False,
     resume: bool = False,
     strategy: str | None = None,
     address: str | None = None,
@@ -92,15 +125,13 @@ def run_training(
 ) -> TrainResult:
     """Train one stage on Ray Train and return where its checkpoint, model and MLflow run are."""
     from pyratok.core.ray_runtime import init_ray
-    from pyratok.core.tracking import configure, resolve_tracking_uri, stage_run
+    from pyratok.core.tracking import resolve_tracking_uri, stage_run
     from pyratok.pipelines.train.checkpoint import (
         CHECKPOINT_URI_TAG,
         INIT_RUN_TAG,
         MODEL_DIR,
         MODEL_URI_TAG,
-        RUN_ID,
         read_latest,
-        resolve_init_from,
         write_latest,
     )
     from pyratok.pipelines.train.data import find_shards
@@ -128,9 +159,8 @@ def run_training(
         init_from = init_from or previous.get("init_from")
     run_name = run_name or f"stage{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
     tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.work_dir) if cfg.tracking.enabled else None
-    if tracking_uri and init_from and RUN_ID.match(str(init_from).strip()):
-        configure(cfg.tracking, cfg.work_dir)  # --init-from names a run: look it up in this store
-    init = resolve_init_from(storage, init_from) if init_from else None
+    init = _init_source(cfg, storage, stage, init_from, from_scratch=from_scratch, resumed=bool(previous),
+                        tracking=tracking_uri is not None)
     if init is not None and not _model_exists(storage, init.model_uri):
         raise FileNotFoundError(f"--init-from: exported model {init.model_uri} does not exist")
 

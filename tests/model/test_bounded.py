@@ -11,6 +11,9 @@ import pytest
 import torch
 
 from pyratok.model.bounded import resolve_nested
+from pyratok.model.region import decoder_head, decoder_pixels, encoder_taps
+from pyratok.model.streaming import border_cache_bytes
+from pyratok.model.vae_chunks import new_cache
 from pyratok.model.losses.lpips import Lpips
 from pyratok.model.tile_plan import plan_for
 from tests.model.conftest import build, clip
@@ -84,7 +87,8 @@ def test_tiled_loss_and_gradients_equal_untiled(model, clip_and_reference, tilin
 def test_checkpointing_keeps_only_boundaries_for_backward(model, clip_and_reference):
     """Activation bytes autograd keeps outside the checkpointed regions (weights excluded): a fraction of the
     untiled forward's. What is left is each region's inputs, chiefly the causal caches at chunk borders,
-    one set per tile (six overlapping crops at 32 px tiles here)."""
+    one set per tile (six overlapping crops at 32 px tiles here). Nested checkpointing drops those caches
+    from what the graph keeps: backward recomputes them one tile and one group at a time."""
     video, texts, _ = clip_and_reference
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
@@ -112,20 +116,53 @@ def test_checkpointing_keeps_only_boundaries_for_backward(model, clip_and_refere
     lc.lpips.enabled = lc.dino.enabled = False  # scored on whole sampled frames: not the VAE's activations
     try:
         untiled = saved(train=False)
-        one_tile = saved(train=True, tile=512)
-        small_tiles = saved(train=True, tile=32)
+        one_tile = saved(train=True, tile=512, nested="never")
+        small_tiles = saved(train=True, tile=32, nested="never")
+        nested = saved(train=True, tile=32, nested="always")
     finally:
         lc.lpips.enabled = lc.dino.enabled = True
     assert one_tile < untiled / 6, (one_tile, untiled)
     assert one_tile < small_tiles < untiled / 2, (small_tiles, untiled)
+    # left: each tile's crop (the tile-level checkpoint's input) and the decoder head's group borders
+    assert nested < small_tiles / 3, (nested, small_tiles)
 
 
-def test_nested_auto_follows_the_number_of_tile_chunks(model):
+def _cache_bytes(cache) -> int:
+    return sum(t.numel() * t.element_size() for t in cache if torch.is_tensor(t))
+
+
+def test_border_cache_bytes_are_the_caches_the_chunks_hand_on(model):
+    """border_cache_bytes (from the modules' shapes) = the bytes of the caches the chunk runners really return."""
     plan = plan_for(model)
-    saved = model.config.tiling.nested
+    frames, height, width = 9, 48, 80  # one tile, 3 latent frames: 2 borders
+    video = clip(frames, height, width, batch=2, seed=5)
+    vae = model.backbone.vae
+    with torch.no_grad():
+        _, cache = encoder_taps(model, video[:, :, :1], new_cache(vae.encoder), first=True)
+        _, cache = encoder_taps(model, video[:, :, 1:5], cache, first=False)
+        encoder_bytes = _cache_bytes(cache)
+        z = torch.randn(2, model.backbone.z_dim, 2, height // plan.latent_stride, width // plan.latent_stride)
+        features, _ = decoder_head(model, z, new_cache(vae.decoder))
+        _, cache = decoder_pixels(model, features[:, :, :1], new_cache(vae.decoder), first=True)
+        _, cache = decoder_pixels(model, features[:, :, 1:], cache, first=False)
+        decoder_bytes = _cache_bytes(cache)
+    expected = 2 * (encoder_bytes + decoder_bytes)  # 2 borders, the batch inside each cache
+    assert border_cache_bytes(model, plan, (2, frames, height, width), value_bytes=4) == expected
+
+
+def test_nested_auto_follows_the_border_caches(model):
+    plan = plan_for(model)
+    saved = model.config.tiling.model_copy()
+    small, large = clip(9, 48, 80, batch=1, seed=0), clip(33, 48, 80, batch=1, seed=0)
+    small_bytes = border_cache_bytes(model, plan, (1, 9, 48, 80), value_bytes=4)
+    large_bytes = border_cache_bytes(model, plan, (1, 33, 48, 80), value_bytes=4)
+    assert large_bytes == 4 * small_bytes  # 8 borders vs 2
     model.config.tiling.nested = "auto"
+    model.config.tiling.nested_above_gb = 2 * small_bytes / 2**30
     try:
-        assert not resolve_nested(model, plan, (1, 3, 9, 48, 80))  # 1 tile x 3 chunks
-        assert resolve_nested(model, plan, (1, 3, 97, 1024, 1024))  # 4 tiles x 25 chunks
+        assert not resolve_nested(model, plan, small)
+        assert resolve_nested(model, plan, large)
+        model.config.tiling.nested = "never"
+        assert not resolve_nested(model, plan, large)
     finally:
-        model.config.tiling.nested = saved
+        model.config.tiling = saved

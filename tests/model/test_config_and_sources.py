@@ -29,8 +29,10 @@ def test_defaults_are_the_paper_values():
     "override,message",
     [
         ({"lapq": {"z_norm_groups": 3}}, "z_norm_groups"),
-        ({"lapq": {"entropy_group_bits": 5}}, "entropy_group_bits"),
-        ({"lapq": {"entropy_group_bits": 16}}, "<= 12"),
+        ({"lapq": {"codebook_entropy": "grouped_upper_bound", "entropy_group_bits": 5}}, "entropy_group_bits"),
+        ({"lapq": {"codebook_entropy": "grouped_upper_bound", "entropy_group_bits": 16}}, "<= 12"),
+        ({"lapq": {"code_bits": 26}}, "up to 24 bits"),
+        ({"lapq": {"codebook_entropy": "marginal"}}, "exact"),
         ({"backbone": {"kind": "wan3"}}, "wan2.2"),
         ({"losses": {"l2": {"enabled": True}}}, "Extra inputs"),
     ],

@@ -26,3 +26,9 @@ def test_bad_stage_strategy_and_resume_without_a_run(train_dataset, tmp_path):
     bad_init = runner.invoke(app, ["train", "--stage", "2", "--data", str(train_dataset), "--init-from",
                                    str(tmp_path / "missing-model"), "--set", f"work_dir={tmp_path}"])  # fmt: skip
     assert bad_init.exit_code == 2 and "--init-from" in bad_init.output
+    # stage 2 without a starting point: refused, naming both ways out (not a silent fresh start)
+    no_init = runner.invoke(app, ["train", "--stage", "2", "--data", str(train_dataset), "--set", f"work_dir={tmp_path}"])
+    assert no_init.exit_code == 2 and "--init-from" in no_init.output and "--from-scratch" in no_init.output
+    both = runner.invoke(app, ["train", "--stage", "3", "--data", str(train_dataset), "--init-from", "latest",
+                               "--from-scratch", "--set", f"work_dir={tmp_path}"])  # fmt: skip
+    assert both.exit_code == 2 and "exclude each other" in both.output

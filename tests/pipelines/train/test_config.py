@@ -70,7 +70,9 @@ def test_paper_preset_has_the_paper_scale():
     assert [train.stages.of(n).batch_size * train.stages.of(n).grad_accum for n in (1, 2, 3)] == [4, 4, 2]
     assert [train.stages.of(n).batch_size for n in (1, 2, 3)] == [1, 1, 1]
     assert cfg.model.tiling.train and cfg.model.tiling.tile_for(2048, 2048) == 384
-    assert train.data.max_voxels_per_batch >= 4 * 17 * 512 * 512  # the smallest published micro-batch fits
+    # the cap is a safety net just above the largest published clip (one per micro-batch), not a limit below it
+    assert 97 * 4096 * 4096 <= train.data.max_voxels_per_batch < 2 * 97 * 4096 * 4096
+    assert cfg.model.tiling.nested == "auto"
     assert (train.stages.stage1.resolution.min_side, train.stages.stage1.resolution.max_side) == (512, 2048)
     assert (train.stages.stage3.resolution.min_side, train.stages.stage3.resolution.max_side) == (128, 4096)
     assert (train.stages.stage1.frames.min, train.stages.stage1.frames.max) == (17, 97)

@@ -199,3 +199,25 @@ def test_killed_workers_recover_then_resume_after_failure_matches_uninterrupted_
     assert all(np.array_equal(resumed[k], reference[k]) for k in reference), (
         f"max diff {max(float(np.abs(resumed[k] - reference[k]).max()) for k in reference)}"
     )
+
+
+def test_init_from_latest_is_the_newest_finished_previous_stage_run(stage1, mlflow_server, tmp_path):
+    import mlflow
+
+    from pyratok.core.storage import Storage
+    from pyratok.core.tracking import STAGE_TAG
+    from pyratok.pipelines.train.runner import _init_source
+
+    cfg2 = load_stage_config("local", 2, tiny_train_overrides(tmp_path, 2, steps=1, tracking_uri=mlflow_server))
+    storage = Storage(cfg2.storage)
+    init = _init_source(cfg2, storage, 2, "latest", from_scratch=False, resumed=False, tracking=True)
+    chosen = mlflow.MlflowClient().get_run(init.run_id)
+    assert chosen.info.status == "FINISHED" and chosen.data.tags[STAGE_TAG] == "train-stage1"
+    assert init.model_uri == chosen.data.tags[MODEL_URI_TAG]
+    assert chosen.info.start_time >= mlflow.MlflowClient().get_run(stage1.mlflow_run_id).info.start_time
+
+    # an experiment with no stage-1 run: a clear error, not a fresh start
+    empty = load_stage_config("local", 2, [*tiny_train_overrides(tmp_path, 2, steps=1, tracking_uri=mlflow_server),
+                                           "tracking.experiment=pyratok-empty-for-latest"])
+    with pytest.raises(FileNotFoundError, match="no finished stage-1 run"):
+        _init_source(empty, storage, 2, "latest", from_scratch=False, resumed=False, tracking=True)
