@@ -153,9 +153,9 @@ class MaskingConfig(StrictModel):
 
     enabled: bool = True
     frame_ratio: float = Field(0.3, ge=0, lt=1)
-    """Fraction of frames fully masked (frame 0 never)."""
-    spatial_max_ratio: float = Field(0.5, ge=0, lt=1)
-    """Per-frame patch-mask ratio at progress 0; follows max * cos(pi/2 * progress)."""
+    """Fraction of frames fully masked (frame 0 never: model/masking.py says why)."""
+    spatial_max_ratio: float = Field(1.0, ge=0, le=1)
+    """Cap of the per-sample spatial ratio max * cos(pi/2 * r), r ~ U(0, 1) (1: MaskGIT's schedule as is)."""
     patch_size: int | None = None
     """Patch side in pixels (None: the coarsest token stride)."""
     fill_value: float = 0.0

@@ -1,13 +1,15 @@
-"""Training-time masking (MaskGIT style): whole frames plus per-frame spatial patches.
+"""Training-time masking, as PyraTok's Appendix B reads: "temporally mask 30% of frames and apply
+cosine-based spatial masking on each frame following [MaskGIT]".
 
-- ``frame_ratio`` of the frames (rounded, at most T-1) are blanked; frame 0 — the
-  causal key frame — never is;
-- every other frame (except frame 0) gets ``ratio(progress)`` of its patches
-  blanked, ratio = spatial_max_ratio * cos(pi/2 * progress): heavy masking
-  early in training, none at the end (MaskGIT's cosine schedule over training
-  progress);
-- masked pixels are set to ``fill_value`` (0 = mid grey in [-1, 1]); the loss
-  target stays the unmasked video.
+- ``frame_ratio`` of the frames (rounded, at most T-1) are blanked whole. Frame 0 never is: the
+  causal Wan VAE encodes it alone into the first latent frame, so blanking it leaves that latent
+  (and the causal context every later chunk starts from) with no content at all; the other frames
+  keep their causal predecessors;
+- every frame, frame 0 included, gets a fraction of its patches blanked, drawn per sample as
+  MaskGIT does: r ~ U(0, 1), ratio = spatial_max_ratio * cos(pi/2 * r) (so most samples mask heavily
+  and a few lightly, at every point of training, not an anneal over it);
+- masked pixels are set to ``fill_value`` (0 = mid grey in [-1, 1]); the loss target stays the
+  unmasked video.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ class MaskResult:
     """(B, T) bool: frame fully masked."""
     patches: torch.Tensor
     """(B, T, H/p, W/p) bool: patch masked (frame masks excluded)."""
-    spatial_ratio: float
+    spatial_ratio: torch.Tensor
+    """(B,) each sample's spatial ratio."""
 
 
-def spatial_ratio(cfg: MaskingConfig, progress: float) -> float:
-    progress = min(max(float(progress), 0.0), 1.0)
-    return cfg.spatial_max_ratio * math.cos(math.pi / 2 * progress)
+def spatial_ratios(cfg: MaskingConfig, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,) MaskGIT's cosine schedule, one draw per sample: spatial_max_ratio * cos(pi/2 * r), r ~ U(0, 1)."""
+    r = torch.rand(batch, generator=generator, dtype=torch.float64)
+    return (cfg.spatial_max_ratio * torch.cos(math.pi / 2 * r)).float()
 
 
 def masked_frame_count(frames: int, ratio: float) -> int:
@@ -49,7 +53,8 @@ class MaskDraw:
     patches: torch.Tensor
     """(B, T, H/p, W/p) bool (frame masks excluded)."""
     patch: int
-    spatial_ratio: float
+    spatial_ratio: torch.Tensor
+    """(B,) each sample's spatial ratio."""
     fill_value: float
 
     def apply(self, video: torch.Tensor, *, frame0: int = 0, y0: int = 0, x0: int = 0) -> torch.Tensor:
@@ -63,7 +68,7 @@ class MaskDraw:
         return torch.where(pixel, torch.full_like(video, self.fill_value), video)
 
 
-def draw_mask(shape: tuple[int, ...], cfg: MaskingConfig, *, patch: int, progress: float,
+def draw_mask(shape: tuple[int, ...], cfg: MaskingConfig, *, patch: int,
               generator: torch.Generator | None = None) -> MaskDraw:
     """The masks of a (B, 3, T, H, W) batch (drawn on the CPU generator: reproducible whatever the device)."""
     b, _, t, h, w = shape
@@ -75,19 +80,17 @@ def draw_mask(shape: tuple[int, ...], cfg: MaskingConfig, *, patch: int, progres
     if n_frames:
         order = torch.rand(b, t - 1, generator=generator).argsort(1)[:, :n_frames] + 1
         frames.scatter_(1, order, True)
-    ratio = spatial_ratio(cfg, progress)
-    n_patches = int(round(ratio * gh * gw))
-    patches = torch.zeros(b, t, gh * gw, dtype=torch.bool)
-    if n_patches:
-        order = torch.rand(b, t, gh * gw, generator=generator).argsort(-1)[..., :n_patches]
-        patches.scatter_(2, order, True)
-        patches[:, 0] = False
+    ratios = spatial_ratios(cfg, b, generator)
+    n_patches = torch.round(ratios * gh * gw).long()  # (B,)
+    # each frame its own random patches: a patch is masked when its rank among the frame's is < n
+    rank = torch.rand(b, t, gh * gw, generator=generator).argsort(-1).argsort(-1)
+    patches = rank < n_patches[:, None, None]
     patches = patches.view(b, t, gh, gw) & ~frames[:, :, None, None]
-    return MaskDraw(frames=frames, patches=patches, patch=patch, spatial_ratio=ratio, fill_value=cfg.fill_value)
+    return MaskDraw(frames=frames, patches=patches, patch=patch, spatial_ratio=ratios, fill_value=cfg.fill_value)
 
 
-def apply_mask(video: torch.Tensor, cfg: MaskingConfig, *, patch: int, progress: float,
+def apply_mask(video: torch.Tensor, cfg: MaskingConfig, *, patch: int,
                generator: torch.Generator | None = None) -> MaskResult:
-    drawn = draw_mask(tuple(video.shape), cfg, patch=patch, progress=progress, generator=generator)
+    drawn = draw_mask(tuple(video.shape), cfg, patch=patch, generator=generator)
     return MaskResult(video=drawn.apply(video), frames=drawn.frames.to(video.device),
                       patches=drawn.patches.to(video.device), spatial_ratio=drawn.spatial_ratio)

@@ -215,6 +215,8 @@ class PyraTok(nn.Module):
 
         With ``tiling.train`` (default) the VAE runs in spatial tiles x causal time chunks under activation
         checkpointing (``model/bounded.py``): memory bounded by one tile-chunk, same loss and gradients.
+        ``progress`` (0..1 through the stage) is the training loop's clock for schedules; masking no longer
+        reads it (it draws its ratio per sample, as MaskGIT does).
         """
         self.check_video(video)
         cfg, lc = self.config, self.config.losses
@@ -223,10 +225,9 @@ class PyraTok(nn.Module):
 
         mask = None
         if self.training and cfg.masking.enabled:
-            mask = draw_mask(tuple(video.shape), cfg.masking, patch=cfg.masking.patch_size or self.spatial_multiple,
-                             progress=progress)
+            mask = draw_mask(tuple(video.shape), cfg.masking, patch=cfg.masking.patch_size or self.spatial_multiple)
             stats["mask/frame_ratio"] = mask.frames.float().mean()
-            stats["mask/spatial_ratio"] = torch.tensor(mask.spatial_ratio)
+            stats["mask/spatial_ratio"] = mask.spatial_ratio.mean()
         terms, recon, ids = (self._bounded_terms if cfg.tiling.train else self._untiled_terms)(video, temb, mask, stats)
 
         weighted = {name: value * lc.effective_weight(name) for name, value in terms.items()}
