@@ -138,7 +138,10 @@ class DinoConfig(StrictModel):
 
     kind: Literal["dinov3", "dinov2"] = "dinov3"
     path: str | None = None
-    """HF dir (local or s3://). None: random weights from ``arch`` (tests, embedded default)."""
+    """HF dir (local or s3://). None: random weights from ``arch``, allowed only with ``allow_random``."""
+    allow_random: bool = False
+    """Let a missing ``path`` build a random ViT (the tiny preset and the embedded default only: stage 3's
+    retention loss against random features trains toward noise, so real presets refuse it)."""
     arch: dict[str, Any] = Field(default_factory=dict)
     init_seed: int = 0
     image_size: int = Field(224, ge=16)

@@ -8,12 +8,16 @@ the gradient path matter).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pyratok.model.config import DinoConfig
 from pyratok.model.sources import local_dir, resolve
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,6 +53,13 @@ class DinoEncoder(nn.Module):
     @classmethod
     def from_config(cls, cfg: DinoConfig, *, storage=None, cache_dir=None, base_dir=None) -> "DinoEncoder":
         if cfg.path is None:
+            if not cfg.allow_random:
+                raise ValueError(
+                    "model.dino.path is not set, so the DINO retention loss (losses.dino, stage 3) would compare "
+                    "against a random ViT; point model.dino.path at DINOv3 weights (a local HF folder or s3:// "
+                    "prefix), or set model.dino.allow_random: true (tests and the tiny embedded default only)"
+                )
+            log.warning("DINO retention runs against a RANDOM %s (model.dino.allow_random; tiny preset)", cfg.kind)
             model = build_random_dino(cfg.kind, cfg.arch, cfg.init_seed)
         else:
             from transformers import AutoModel

@@ -31,7 +31,7 @@ def tiny(kind: str = "wan2.2") -> ModelConfig:
         "lapq": {"dim": 32, "heads": 4},
         "fusion": {"dim": 16, "hidden": 32},
         "ar": {"dim": 64, "layers": 2, "heads": 4, "token_budget": 256, "max_text_tokens": 16},
-        "dino": {"kind": "dinov3", "arch": TINY_DINO_ARCH, "image_size": 64, "max_frames": 2},
+        "dino": {"kind": "dinov3", "arch": TINY_DINO_ARCH, "image_size": 64, "max_frames": 2, "allow_random": True},
         "tiling": {"tile": 512},
         "losses": {"lpips": {"max_frames": 2}},
     })

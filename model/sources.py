@@ -55,11 +55,21 @@ def local_dir(
     cache_dir: str | os.PathLike | None = None,
     subfolder: str | None = None,
 ) -> Path:
-    """A local folder holding the files at ``path`` (downloaded once for ``s3://``)."""
+    """A local folder holding the files at ``path`` (downloaded once for ``s3://``).
+
+    With ``subfolder`` on S3 only that subfolder is fetched: a diffusers repo such as
+    Wan2.2-TI2V-5B-Diffusers holds tens of GB of transformer and text encoder beside its 2.8 GB ``vae``.
+    """
     if path.startswith(PKG_SCHEME):
         out = package_dir(path)
     elif is_s3(path):
-        out = _mirror_s3(path, storage or Storage(), Path(cache_dir) if cache_dir else default_cache_dir())
+        prefix = join(path, subfolder) if subfolder else path
+        try:
+            return _mirror_s3(prefix, storage or Storage(), Path(cache_dir) if cache_dir else default_cache_dir())
+        except FileNotFoundError:
+            if subfolder:
+                raise FileNotFoundError(f"{path}: has no subfolder {subfolder!r}") from None
+            raise
     else:
         out = Path(path).expanduser()
         if not out.exists():

@@ -39,6 +39,28 @@ def language_model(model: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else model
 
 
+# A vision-language checkpoint names its text stack's weights model.language_model.* (transformers >= 4.52)
+# or model.* (older saves, e.g. the Hub's Qwen2.5-VL); either maps onto the bare text model.
+_LM_KEYS = {r"^model\.language_model\.": "", r"^language_model\.": "", r"^model\.": ""}
+
+
+def _vlm_language_model(where, dtype) -> nn.Module | None:
+    """A VLM checkpoint's language model alone (its text config, its weights): the vision tower is never built
+    or read. None when the checkpoint is not a vision-language model."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(str(where))
+    text_config = getattr(config, "text_config", None)
+    if text_config is None or getattr(config, "vision_config", None) is None:
+        return None
+    model, info = AutoModel.from_pretrained(str(where), config=text_config, dtype=dtype, key_mapping=_LM_KEYS,
+                                            output_loading_info=True)
+    if info["missing_keys"]:
+        raise ValueError(f"{where}: the language model's weights are missing from the checkpoint: "
+                         f"{sorted(info['missing_keys'])[:5]}")
+    return model
+
+
 def load_hf_text_model(path: str, *, subfolder: str | None = None, dtype=torch.float32, storage=None,
                        cache_dir=None, base_dir=None):
     """(tokenizer, frozen eval model) from a local dir, s3:// prefix or pkg: dir."""
@@ -46,7 +68,9 @@ def load_hf_text_model(path: str, *, subfolder: str | None = None, dtype=torch.f
 
     where = local_dir(resolve(path, base_dir), storage=storage, cache_dir=cache_dir, subfolder=subfolder)
     tokenizer = AutoTokenizer.from_pretrained(str(where))
-    model = language_model(AutoModel.from_pretrained(str(where), dtype=dtype))
+    model = _vlm_language_model(where, dtype)
+    if model is None:
+        model = language_model(AutoModel.from_pretrained(str(where), dtype=dtype))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = "right"

@@ -60,10 +60,31 @@ def pooled_bits(levels: list[LevelOutput]) -> torch.Tensor:
     return _mean([lv.quantized.bits.flatten(1, 3).mean(1) for lv in levels])
 
 
-def text_alignment(token_semantics: torch.Tensor, text_pooled: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE: cross-entropy (= KL to the one-hot diagonal target) both ways across the batch."""
+def _gather_across_workers(x: torch.Tensor) -> torch.Tensor:
+    """Every worker's rows, this worker's with their gradient path (the other workers' come back to them in backward)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def text_alignment(token_semantics: torch.Tensor, text_pooled: torch.Tensor, temperature: float, *,
+                   across_workers: bool = True) -> torch.Tensor:
+    """Symmetric InfoNCE: cross-entropy (= KL to the one-hot diagonal target) both ways across the batch.
+
+    ``across_workers``: the batch is every data-parallel worker's clips (all_gather with gradients), so
+    each clip is contrasted with the global batch, not its own worker's few (at one clip per worker
+    the local loss is identically 0). Every worker then computes the same global loss; the backward of
+    all_gather sums each worker's share back to it, and the gradient average of DDP/DeepSpeed turns that
+    into the gradient of the single global loss.
+    """
     s = F.normalize(token_semantics.float(), dim=-1)
     e = F.normalize(text_pooled.float(), dim=-1)
+    if across_workers:
+        s, e = _gather_across_workers(s), _gather_across_workers(e)
     logits = s @ e.T / temperature
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2

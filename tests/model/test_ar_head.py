@@ -120,3 +120,46 @@ def test_hf_causal_lm_backbone(tmp_path):
     assert torch.isfinite(result.loss)
     assert all(p.grad is None for p in lm.parameters())  # frozen LM
     assert head.bits_in.weight.grad is not None and zs[0].grad is not None
+
+
+class _Identity(torch.nn.Module):
+    """A backbone whose state at each position is that position's input: causal by construction."""
+
+    has_positions = True
+    dim = 32
+
+    def forward(self, x, mask):
+        return x
+
+
+def test_each_token_is_predicted_from_the_state_right_before_it():
+    """Shift alignment, by hand: with an identity backbone and a read-out that copies a token's own bits, the
+    loss is the BCE of each token against the bits of what precedes it (<BOS>, <Q-SEP>, or the previous
+    token). A head that predicted a token from its own position would score ~0 here."""
+    torch.manual_seed(3)
+    cfg = ArHeadConfig(dim=32, layers=1, heads=4, token_budget=64, max_text_tokens=0)
+    head = ArHead(cfg=cfg, code_bits=16, text_dim=12, num_levels=2, backbone=_Identity()).eval()
+    with torch.no_grad():
+        head.bits_in.weight.zero_()
+        head.bits_in.weight[:16] = torch.eye(16)
+        head.bits_in.bias.zero_()
+        head.bits_out.weight.zero_()
+        head.bits_out.weight[:, :16] = 10 * torch.eye(16)
+        head.bits_out.bias.zero_()
+        head.level_embed.zero_()
+        head.bos.copy_(torch.randn(32))
+        head.sep.copy_(torch.randn(32))
+    window_bits = [torch.randn(1, 1, 2, 2, 16).sign(), torch.randn(1, 1, 1, 3, 16).sign()]
+    result = head.forward_window(window_bits, None, None)
+
+    sequence = [head.bos[:16]] + list(window_bits[0].reshape(-1, 16)) + [head.sep[:16]] + list(window_bits[1].reshape(-1, 16))
+    targets = list(window_bits[0].reshape(-1, 16)) + list(window_bits[1].reshape(-1, 16))
+    before = [0, 1, 2, 3, 5, 6, 7]  # index in `sequence` of what precedes each target (the <Q-SEP> before level 2)
+    losses = [torch.nn.functional.binary_cross_entropy_with_logits(10 * sequence[i], (t > 0).float(), reduction="sum")
+              for i, t in zip(before, targets)]
+    expected = torch.stack(losses).mean()
+    assert result.tokens == 7
+    assert torch.isclose(result.loss, expected, rtol=1e-5)
+    copy = torch.stack([torch.nn.functional.binary_cross_entropy_with_logits(10 * t, (t > 0).float(), reduction="sum")
+                        for t in targets]).mean()
+    assert copy < 1e-3 < result.loss  # the mutant's loss, for contrast

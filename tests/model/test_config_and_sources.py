@@ -76,3 +76,19 @@ def test_s3_mirror_is_cached_and_refreshed_when_the_remote_changes(s3_bucket, s3
     assert (again / "sub" / "weights.bin").read_text() == "abcdef"
     with pytest.raises(FileNotFoundError, match="no objects"):
         local_dir(f"{s3_bucket}/nothing-here", storage=s3_storage, cache_dir=tmp_path)
+
+
+@pytest.mark.integration
+def test_s3_subfolder_fetches_only_that_subfolder(s3_bucket, s3_storage, tmp_path):
+    uri = f"{s3_bucket}/models/Wan-Diffusers"
+    s3_storage.write_text(f"{uri}/vae/config.json", '{"a": 1}')
+    s3_storage.write_text(f"{uri}/vae/diffusion_pytorch_model.safetensors", "vae-weights")
+    s3_storage.write_text(f"{uri}/transformer/diffusion_pytorch_model.safetensors", "x" * 100_000)
+    s3_storage.write_text(f"{uri}/text_encoder/model.safetensors", "y" * 100_000)
+    got = local_dir(uri, storage=s3_storage, cache_dir=tmp_path, subfolder="vae")
+    assert (got / "diffusion_pytorch_model.safetensors").read_text() == "vae-weights"
+    fetched = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert fetched == [".pyratok-complete", "config.json", "diffusion_pytorch_model.safetensors"]
+    assert sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) < 1000  # neither 100 kB sibling
+    with pytest.raises(FileNotFoundError, match="no subfolder 'unet'"):
+        local_dir(uri, storage=s3_storage, cache_dir=tmp_path, subfolder="unet")

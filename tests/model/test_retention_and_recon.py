@@ -86,7 +86,7 @@ def test_dino_wrapper_and_retention_loss(kind):
         arch.pop("intermediate_size")
         arch["mlp_ratio"] = 2
     for features in ("cls", "patch"):
-        dino = DinoEncoder.from_config(DinoConfig(kind=kind, arch=arch, image_size=32, features=features, max_frames=3))
+        dino = DinoEncoder.from_config(DinoConfig(kind=kind, arch=arch, image_size=32, features=features, max_frames=3, allow_random=True))
         assert not any(p.requires_grad for p in dino.parameters())
         video = clip(9, 48, 64, batch=2)
         feats = dino.video_features(video)
@@ -101,7 +101,7 @@ def test_dino_wrapper_and_retention_loss(kind):
 
 
 def test_preprocess_resizes_short_side_and_normalizes():
-    dino = DinoEncoder.from_config(DinoConfig(arch=TINY_DINO_ARCH, image_size=32))
+    dino = DinoEncoder.from_config(DinoConfig(arch=TINY_DINO_ARCH, image_size=32, allow_random=True))
     x = dino.preprocess(torch.zeros(2, 3, 48, 96))  # mid grey
     assert x.shape == (2, 3, 32, 32)
     expected = (0.5 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
@@ -116,3 +116,19 @@ def test_drift_is_the_mean_over_taps_of_the_mse_to_the_frozen_taps_without_their
     assert torch.isclose(value, by_hand)
     value.backward()
     assert all(t.grad is None for t in b) and all(t.grad is not None for t in a)
+
+
+def test_a_missing_dino_path_is_refused_unless_random_is_allowed_and_only_tiny_presets_allow_it():
+    from pyratok.config import load
+
+    with pytest.raises(ValueError, match="model.dino.path is not set"):
+        DinoEncoder.from_config(DinoConfig(arch=TINY_DINO_ARCH, image_size=32))
+    assert load("local").model.dino.allow_random
+    for preset in ("cluster", "paper"):
+        assert not load(preset).model.dino.allow_random, preset
+    assert load("paper").model.dino.path  # the paper preset names its DINOv3 weights
+    # a cluster run of stage 3 without DINO weights fails at model build, naming the setting
+    from pyratok.model.presets import production
+
+    cfg = production("wan2.2")
+    assert cfg.dino.path is None and not cfg.dino.allow_random

@@ -33,7 +33,7 @@ def test_pyramid_shapes_and_decode_shape(request, fixture, kind, size):
     for ids, (stride, per_cell) in zip(pyramid.levels, EXPECTED_GRIDS[kind]):
         assert ids.dtype == torch.int64
         assert tuple(ids.shape) == (2, 1 + (frames - 1) // per_cell, height // stride, width // stride)
-        assert 0 <= int(ids.min()) and int(ids.max()) < 2**16
+        assert ids.unique().numel() > 1  # a random clip uses more than one code
     assert pyramid.video_shape == size
     assert tuple(model.decode(pyramid).shape) == (2, 3, *size)
 

@@ -66,11 +66,32 @@ def test_qwen2_5_vl_uses_its_language_model(tmp_path):
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
                            fullatt_block_indexes=[0]),
     )
-    path = save_with_minilm_tokenizer(Qwen2_5_VLForConditionalGeneration(cfg), tmp_path / "qwen2_5_vl")
-    enc = TextEncoder.from_config(TextEncoderConfig(path=path, pooling="last"))
+    full = Qwen2_5_VLForConditionalGeneration(cfg)
+    path = save_with_minilm_tokenizer(full, tmp_path / "qwen2_5_vl")
+    built = []
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as vl
+
+    original = vl.Qwen2_5_VisionTransformerPretrainedModel.__init__
+
+    def spy(self, *args, **kwargs):
+        built.append(True)
+        original(self, *args, **kwargs)
+
+    vl.Qwen2_5_VisionTransformerPretrainedModel.__init__ = spy
+    try:
+        enc = TextEncoder.from_config(TextEncoderConfig(path=path, pooling="last"))
+    finally:
+        vl.Qwen2_5_VisionTransformerPretrainedModel.__init__ = original
+    assert not built  # the vision tower is never built (nor its weights read)
     assert type(enc.model).__name__ == "Qwen2_5_VLTextModel" and enc.dim == 32
+    assert not any("visual" in n for n, _ in enc.model.named_parameters())
     out = enc(["a caption", ""])
     assert out.pooled.shape == (2, 32) and torch.isfinite(out.tokens).all()
+    # the very weights of the checkpoint's language model: same states as the full VLM's text stack
+    batch = enc.tokenizer(["a caption"], return_tensors="pt")
+    with torch.no_grad():
+        want = full.model.language_model(**batch).last_hidden_state
+    assert torch.allclose(enc(["a caption"]).tokens, want, atol=1e-5)
 
 
 def test_missing_dirs_are_clear_errors(tmp_path):
