@@ -60,15 +60,36 @@ def pooled_bits(levels: list[LevelOutput]) -> torch.Tensor:
     return _mean([lv.quantized.bits.flatten(1, 3).mean(1) for lv in levels])
 
 
+_GROUPS: dict = {}
+
+
+def _gather_group():
+    """A process group of its own for the gather: its collectives (the forward all_gather and the one its
+    backward issues) never interleave with DDP's/DeepSpeed's gradient all-reduces on the default group,
+    which run in whatever order gradients become ready."""
+    import torch.distributed as dist
+
+    key = (id(dist.group.WORLD), dist.get_world_size())
+    if key not in _GROUPS:
+        _GROUPS[key] = dist.new_group(backend=dist.get_backend())
+    return _GROUPS[key]
+
+
 def _gather_across_workers(x: torch.Tensor) -> torch.Tensor:
-    """Every worker's rows, this worker's with their gradient path (the other workers' come back to them in backward)."""
+    """Every worker's rows (workers may hold different batch sizes), this worker's with their gradient path."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    group = _gather_group()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device), group=group)
+    counts = [int(n) for n in sizes]
+    padded = torch.cat([x, x.new_zeros(max(counts) - x.shape[0], *x.shape[1:])]) if x.shape[0] < max(counts) else x
+    parts = all_gather(padded.contiguous(), group=group)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)], dim=0)
 
 
 def text_alignment(token_semantics: torch.Tensor, text_pooled: torch.Tensor, temperature: float, *,

@@ -70,15 +70,19 @@ def test_text_alignment_is_symmetric_infonce():
     assert math.isclose(value, (ce_rows(sim) + ce_rows(transposed)) / 2, rel_tol=1e-6)
 
 
+ROWS = [slice(0, 1), slice(1, 3)]
+
+
 def _alignment_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         g = torch.Generator().manual_seed(0)
-        s_all, e_all = torch.randn(world, 8, generator=g), torch.randn(world, 8, generator=g)
-        s = s_all[rank : rank + 1].clone().requires_grad_(True)  # one clip per worker, as at paper scale
-        e = e_all[rank : rank + 1].clone().requires_grad_(True)
+        s_all, e_all = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+        rows = ROWS[rank]  # one clip on one worker (as at paper scale), two on the other
+        s = s_all[rows].clone().requires_grad_(True)
+        e = e_all[rows].clone().requires_grad_(True)
         loss = codebook.text_alignment(s, e, 0.2)
         loss.backward()
         torch.save({"loss": loss.detach(), "grad_s": s.grad, "grad_e": e.grad}, f"{out_dir}/rank{rank}.pt")
@@ -87,7 +91,7 @@ def _alignment_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_text_alignment_contrasts_the_batch_of_every_worker(tmp_path):
-    """2 gloo workers with one clip each = one process on the concatenated batch (today's local loss would be 0)."""
+    """2 gloo workers (1 and 2 clips) = one process on the concatenated batch (a local loss on the 1-clip worker is 0)."""
     import socket
 
     import torch.multiprocessing as mp
@@ -97,8 +101,8 @@ def test_text_alignment_contrasts_the_batch_of_every_worker(tmp_path):
         port = sock.getsockname()[1]
     mp.spawn(_alignment_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     g = torch.Generator().manual_seed(0)
-    s_all = torch.randn(2, 8, generator=g).requires_grad_(True)
-    e_all = torch.randn(2, 8, generator=g).requires_grad_(True)
+    s_all = torch.randn(3, 8, generator=g).requires_grad_(True)
+    e_all = torch.randn(3, 8, generator=g).requires_grad_(True)
     single = codebook.text_alignment(s_all, e_all, 0.2)
     single.backward()
     assert single.item() > 0.01
@@ -107,8 +111,8 @@ def test_text_alignment_contrasts_the_batch_of_every_worker(tmp_path):
         assert torch.isclose(got["loss"], single.detach(), rtol=1e-6)
         # each worker's loss is the global one, so its rows collect the gradient of both workers' copies;
         # the data-parallel gradient average (/ 2) gives the single-process gradient
-        assert torch.allclose(got["grad_s"] / 2, s_all.grad[rank : rank + 1], atol=1e-6)
-        assert torch.allclose(got["grad_e"] / 2, e_all.grad[rank : rank + 1], atol=1e-6)
+        assert torch.allclose(got["grad_s"] / 2, s_all.grad[ROWS[rank]], atol=1e-6)
+        assert torch.allclose(got["grad_e"] / 2, e_all.grad[ROWS[rank]], atol=1e-6)
 
 
 def test_text_code_distribution_equals_softmax_over_all_codes():
