@@ -210,7 +210,8 @@ def activation_peak(m: Measured, plan, frames: int, height: int, width: int, *, 
     regions = max(m.region("encode_region", enc_px), m.region("decode_region", dec_px),
                   m.region("decoder_head", height * width))
     return {
-        "clip": micro * frames * height * width * (m.per_voxel + 3 * 2 * value_bytes) * scale + m.persist_fixed * scale,
+        # kept tensors (probed in fp32, scaled) + input clip and detached reconstruction (3 channels each)
+        "clip": micro * frames * height * width * (m.per_voxel * scale + 3 * 2 * value_bytes) + m.persist_fixed * scale,
         "caches": micro * live * value_bytes * max(m.enc_cache * enc_px, m.dec_cache * dec_px),
         "region": micro * regions * scale,
         "halo_compute": (enc_px + dec_px) / (2 * min(tile, height) * min(tile, width)),
