@@ -162,7 +162,7 @@ def plain_loop(cfg, data: str, steps: int) -> dict:
             continue
         if done == steps - half:
             started = time.perf_counter()
-        video = to_model_input(batch["video"], device, torch.float32)
+        video = to_model_input(batch["video"], device)
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
             out = model(video, batch["text"], progress=done / steps)
         out.loss.backward()

@@ -7,8 +7,13 @@ straight-through bits, so the loss reaches the quantizers. The sequence covers
 one aligned space-time window (``ar_window``) so its length is bounded by
 ``token_budget`` whatever the video size.
 
-Backbones: :class:`CausalTransformer` (small, default) or any HF causal LM
-(:class:`HfCausalBackbone`, e.g. the VLM's language model) fed ``inputs_embeds``.
+Backbones: :class:`CausalTransformer` (small, the tiny/local default) or any HF causal LM
+(:class:`HfCausalBackbone`) fed ``inputs_embeds``. The paper aligns "through the pretrained Qwen2.5-VL
+(3B)", so the cluster and paper presets use its language model: the text encoder's own copy (frozen,
+bf16, optionally 4-bit), LoRA (peft, r16/a32) on every attention and MLP projection, the 16 bits projected
+in (``bits_in``) and out (``bits_out``), the LM's gradient checkpointing on. Sharing keeps one copy of the
+3B LM per GPU; the text encoder switches the adapters off while it embeds captions
+(``text_encoder.frozen_base``), so the text targets stay the pretrained model's.
 """
 
 from __future__ import annotations
@@ -68,20 +73,39 @@ class CausalTransformer(nn.Module):
 
 
 class HfCausalBackbone(nn.Module):
-    """An HF causal LM's decoder stack (``AutoModel``) run on ``inputs_embeds``."""
+    """An HF causal LM's decoder stack (``AutoModel``) run on ``inputs_embeds``.
+
+    ``lora_rank``: peft LoRA on every attention and MLP projection, the only LM weights that train (the
+    paper adapts its frozen Qwen2.5-VL this way); ``checkpointing``: the LM's own gradient checkpointing.
+    """
 
     has_positions = True
+    LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-    def __init__(self, model: nn.Module, *, trainable: bool = False):
+    def __init__(self, model: nn.Module, *, trainable: bool = False, lora_rank: int = 0, lora_alpha: float = 32.0,
+                 checkpointing: bool = False):
         super().__init__()
         self.model = model
         self.dim = int(model.config.hidden_size)
         self.model.requires_grad_(trainable)
+        if lora_rank:
+            from peft import LoraConfig, inject_adapter_in_model
+            from peft.tuners.tuners_utils import cast_adapter_dtype
+
+            targets = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules()} & set(self.LORA_TARGETS))
+            if not targets:
+                raise ValueError(f"ar.hf_lora_rank: {type(model).__name__} has none of {self.LORA_TARGETS} to adapt")
+            inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=targets), model,
+                                    adapter_name="ar")
+            cast_adapter_dtype(model, "ar", autocast_adapter_dtype=True)  # fp32 adapters on a bf16 base
+        if checkpointing and (trainable or lora_rank):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.model.parameters()).dtype
+        dtype = self.model.get_input_embeddings().weight.dtype
         positions = (key_mask.long().cumsum(1) - 1).clamp_min(0)
-        out = self.model(inputs_embeds=x.to(dtype), attention_mask=key_mask.long(), position_ids=positions)
+        out = self.model(inputs_embeds=x.to(dtype), attention_mask=key_mask.long(), position_ids=positions,
+                         use_cache=False)  # one pass over the window: a KV cache would only hold memory
         return out.last_hidden_state.float()
 
 
@@ -121,13 +145,17 @@ class ArHead(nn.Module):
             if text_model is None:
                 raise ValueError("ar.backend=hf with no ar.hf_path needs the text encoder's model to share")
             if cfg.hf_trainable:
-                raise ValueError("ar.hf_trainable=true needs its own ar.hf_path (the shared text encoder stays frozen)")
-            backbone = HfCausalBackbone(text_model, trainable=False)
+                raise ValueError("ar.hf_trainable=true needs its own ar.hf_path (the shared text encoder stays frozen; "
+                                 "ar.hf_lora_rank adapts the shared LM instead)")
+            backbone = HfCausalBackbone(text_model, lora_rank=cfg.hf_lora_rank, lora_alpha=cfg.hf_lora_alpha,
+                                        checkpointing=cfg.hf_gradient_checkpointing)
         else:
-            from pyratok.model.text_encoder import load_hf_text_model
+            from pyratok.model.text_encoder import DTYPES, load_hf_text_model
 
-            _, model = load_hf_text_model(cfg.hf_path, storage=storage, cache_dir=cache_dir, base_dir=base_dir)
-            backbone = HfCausalBackbone(model, trainable=cfg.hf_trainable)
+            _, model = load_hf_text_model(cfg.hf_path, dtype=DTYPES[cfg.hf_dtype], load_in_4bit=cfg.hf_load_in_4bit,
+                                          storage=storage, cache_dir=cache_dir, base_dir=base_dir)
+            backbone = HfCausalBackbone(model, trainable=cfg.hf_trainable, lora_rank=cfg.hf_lora_rank,
+                                        lora_alpha=cfg.hf_lora_alpha, checkpointing=cfg.hf_gradient_checkpointing)
         return cls(cfg=cfg, code_bits=code_bits, text_dim=text_dim, num_levels=num_levels, backbone=backbone)
 
     def _text_prefix(self, text: TextEmbedding | None, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:

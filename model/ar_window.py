@@ -6,6 +6,12 @@ describe the same pixels. Its size is the largest box (shrinking the longest
 side first) whose worst-case token count — not counting the cheaper frame-0
 cell — fits the budget; its position is random in training and anchored at
 frame 0 / the spatial centre otherwise.
+
+Coverage: at the paper's 2,048-token budget a window is 3x3x3 coarse cells (48x48 px x 12 frames),
+0.1 % of a 97x512x512 clip's tokens. Rather than a budget that grows with the clip (an LM sequence
+of 1.8 M tokens), a new window is drawn uniformly over the clip's positions every step, so over a
+stage every part of every clip is aligned (each cell as often as the start positions covering it:
+edge cells less often than inner ones; ``tests/model/test_ar_head.py`` checks the rates by hand).
 """
 
 from __future__ import annotations

@@ -52,12 +52,17 @@ def detect_kind(vae) -> str:
     return "wan2.2" if vae.config.is_residual else "wan2.1"
 
 
-def check_video(video: torch.Tensor, *, spatial_multiple: int, temporal_multiple: int, name: str = "video") -> None:
-    """Reject inputs the VAE would silently mangle (it drops frames beyond 1+4k)."""
+def check_video(video: torch.Tensor, *, spatial_multiple: int, temporal_multiple: int, name: str = "video",
+                allow_uint8: bool = False) -> None:
+    """Reject inputs the VAE would silently mangle (it drops frames beyond 1+4k).
+
+    ``allow_uint8``: the training forward also takes the loader's uint8 frames (``model/pixels.py``).
+    """
     if not torch.is_tensor(video) or video.dim() != 5:
         raise ValueError(f"{name} must be a (B, 3, T, H, W) tensor, got {getattr(video, 'shape', type(video))}")
-    if not video.is_floating_point():
-        raise ValueError(f"{name} must be float in [-1, 1], got {video.dtype}")
+    if not (video.is_floating_point() or (allow_uint8 and video.dtype == torch.uint8)):
+        wanted = "float in [-1, 1] or uint8 in [0, 255]" if allow_uint8 else "float in [-1, 1]"
+        raise ValueError(f"{name} must be {wanted}, got {video.dtype}")
     _, channels, frames, height, width = video.shape
     if channels != 3:
         raise ValueError(f"{name} must have 3 channels (RGB) in dim 1, got {channels}")

@@ -40,9 +40,11 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
+from pyratok.model.anchor import DinoAnchor, cell_of_frame
 from pyratok.model.grid import causal_avg_pool, fine_frame_range, to_channels, to_tokens
 from pyratok.model.lfq import bernoulli_entropy, bernoulli_kl, bernoulli_kl_probs, code_distribution_sum, entropy_of_average
 from pyratok.model.losses.recon import frames_of, ssim_map, ssim_window
+from pyratok.model.pixels import kept_recon, to_pixels
 from pyratok.model.region import decoder_head, decoder_pixels, encoder_taps, interior_taps
 from pyratok.model.tile_plan import Span, TilePlan, plan_for
 from pyratok.model.vae_chunks import new_cache
@@ -61,7 +63,8 @@ class BoundedResult:
     terms: dict[str, torch.Tensor]
     stats: dict[str, torch.Tensor]
     ids: list[torch.Tensor]
-    recon: torch.Tensor
+    recon: torch.Tensor | None
+    """As ``keep_recon`` asked: the whole batch's, the first clip's on the CPU, or None."""
     window: "Window | None" = None
     window_bits: list[torch.Tensor] | None = None
     """Per level, the AR window's straight-through bits (B, t, h, w, bits)."""
@@ -69,6 +72,8 @@ class BoundedResult:
     """(B, bits) mean bits per level, averaged over levels (for the text-codebook alignment)."""
     sampled: dict[int, torch.Tensor] = field(default_factory=dict)
     """Frame index -> reconstructed frame (B, 3, H, W) with its gradient (LPIPS, DINO)."""
+    anchor_sums: list[torch.Tensor] | None = None
+    """Per level, the DINO anchor's per-patch sums of the taps (B, frames, C, P, P) (``model/anchor.py``)."""
 
 
 class Runner:
@@ -100,7 +105,7 @@ def resolve_nested(model: "PyraTok", plan: TilePlan, video: torch.Tensor) -> boo
     from pyratok.model.streaming import border_cache_bytes
 
     b, _, frames, height, width = video.shape
-    value_bytes = 2 if torch.is_autocast_enabled(video.device.type) else video.element_size()
+    value_bytes = 2 if torch.is_autocast_enabled(video.device.type) else model.pixel_dtype.itemsize
     caches = border_cache_bytes(model, plan, (b, frames, height, width), value_bytes=value_bytes)
     return caches > model.config.tiling.nested_above_gb * 2**30
 
@@ -121,6 +126,11 @@ class EncodeSpec:
     window: Any
     text_logits: torch.Tensor | None
     drift: bool
+    """The VAE-anchored drift (adapted taps vs the frozen encoder's)."""
+    dtype: torch.dtype
+    """What a uint8 crop becomes (``model/pixels.py``)."""
+    anchor: Any = None
+    """The DINO anchor's plan (``PyraTok.anchor_plan``) or None."""
 
 
 def _window_part(window: "Window", grids, level: int, t_range, rows: Span, cols: Span, f: int):
@@ -142,9 +152,9 @@ def encode_region(spec: EncodeSpec, rows: Span, cols: Span, j0: int, j1: int, cr
     model, plan = spec.model, spec.plan
     first = j0 == 0
     f0, _ = plan.frames_of(j0, j1)
-    inputs = crop
+    inputs = to_pixels(crop, spec.dtype)
     if spec.mask is not None:
-        inputs = spec.mask.apply(crop, frame0=f0, y0=rows.lo * plan.cell, x0=cols.lo * plan.cell)
+        inputs = spec.mask.apply(inputs, frame0=f0, y0=rows.lo * plan.cell, x0=cols.lo * plan.cell)
     taps, cache = encoder_taps(model, inputs, cache, first=first)
     taps = interior_taps(model, taps, rows, cols)
     levels = model.lapq(taps, spec.text, first=first)
@@ -177,6 +187,12 @@ def encode_region(spec: EncodeSpec, rows: Span, cols: Span, j0: int, j1: int, cr
             part = _window_part(spec.window, grids, i, fine_frame_range(j0, j1, ft), rows, cols,
                                 plan.cell // grids[i].stride)
             windows.append(None if part is None else (q.bits[(slice(None), *part[0])], part[1]))
+    if spec.anchor is not None:
+        for i, (tap, (mrows, mcols)) in enumerate(zip(taps, spec.anchor.memberships)):
+            f = plan.cell // grids[i].stride
+            sums[f"anchor/{i}"] = DinoAnchor.patch_sums(tap, spec.anchor.frames, grids[i],
+                                                        cell_of_frame(f0, grids[i].frames_per_cell), mrows, mcols,
+                                                        rows.start * f, cols.start * f)
     if spec.drift:
         with torch.no_grad():
             frozen, frozen_cache = encoder_taps(model, inputs, frozen_cache, first=first, adapted=False)
@@ -262,6 +278,8 @@ class DecodeSpec:
     target: torch.Tensor
     ssim_size: int
     sample_frames: tuple[int, ...]
+    dtype: torch.dtype
+    keep_recon: str
 
 
 def decode_region(spec: DecodeSpec, rows: Span, cols: Span, j0: int, j1: int, features: torch.Tensor, cache: list):
@@ -279,7 +297,7 @@ def decode_region(spec: DecodeSpec, rows: Span, cols: Span, j0: int, j1: int, fe
             raise ValueError(f"decoder halo of {plan.decoder_halo} latent cells leaves no exact room for the SSIM window")
     py, px = rows.offset * s, cols.offset * s
     recon = pixels[..., py : py + h + my, px : px + w + mx]
-    tgt = target[:, :, f0:f1, y0 : y0 + h + my, x0 : x0 + w + mx]
+    tgt = to_pixels(target[:, :, f0:f1, y0 : y0 + h + my, x0 : x0 + w + mx], spec.dtype)
     inner, inner_tgt = recon[..., :h, :w], tgt[..., :h, :w]
     diff = inner.float() - inner_tgt.float()
     sums = {"l1": diff.abs().sum(), "sq": (diff.detach() / 2).pow(2).sum()}
@@ -289,7 +307,7 @@ def decode_region(spec: DecodeSpec, rows: Span, cols: Span, j0: int, j1: int, fe
         score = ssim_map(frames_of(recon), frames_of(tgt), size=spec.ssim_size)
         sums["ssim"] = score[..., :own_y, :own_x].sum()
     sampled = {k: inner[:, :, k - f0] for k in spec.sample_frames if f0 <= k < f1}
-    return sums, sampled, inner.detach(), cache
+    return sums, sampled, kept_recon(inner, spec.keep_recon), cache
 
 
 def decode_tile(spec: DecodeSpec, rows: Span, cols: Span, run: Runner, nested: Runner, features: torch.Tensor):
@@ -306,7 +324,7 @@ def decode_tile(spec: DecodeSpec, rows: Span, cols: Span, run: Runner, nested: R
         for key, value in part_sums.items():
             _add(sums, key, value)
         sampled.update(part_sampled)
-    return sums, sampled, torch.cat([o[2] for o in out], dim=2)
+    return sums, sampled, None if out[0][2] is None else torch.cat([o[2] for o in out], dim=2)
 
 
 # -- the forward -------------------------------------------------------------------------------------------------
@@ -319,7 +337,8 @@ def _stitch_rows(tiles: list[tuple[Span, Span]], pieces: list[torch.Tensor]) -> 
 
 
 def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding | None", *, mask: "MaskDraw | None",
-                    want_ar: bool, sample_frames: tuple[int, ...]) -> BoundedResult:
+                    want_ar: bool, sample_frames: tuple[int, ...], keep_recon: str = "all",
+                    anchor=None) -> BoundedResult:
     cfg, lc = model.config, model.config.losses
     plan = plan_for(model, tile=cfg.tiling.tile_for(*video.shape[-2:]))
     run = Runner(cfg.tiling.checkpoint)
@@ -332,7 +351,7 @@ def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding 
     text_logits = (model.semantic_head.text_code_logits(text.pooled, lc.text_kl.temperature)
                    if lc.text_kl.enabled else None)
     spec = EncodeSpec(model=model, plan=plan, text=text, mask=mask, window=window, text_logits=text_logits,
-                      drift=lc.drift.enabled)
+                      drift=lc.drift.enabled and lc.drift.anchor != "dino", dtype=model.pixel_dtype, anchor=anchor)
 
     tiles = plan.encoder_tiles(height, width)
     per_tile = nested if len(tiles) > 1 else Runner(False)
@@ -363,7 +382,7 @@ def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding 
 
     features = decode_head_all(model, plan, run, nested, latents)  # whole frames: one "tile", no tile level
     dspec = DecodeSpec(model=model, plan=plan, target=video, ssim_size=ssim_window(height, width),
-                       sample_frames=sample_frames)
+                       sample_frames=sample_frames, dtype=model.pixel_dtype, keep_recon=keep_recon)
     dec_tiles = plan.decoder_tiles(height, width)
     per_tile = nested if len(dec_tiles) > 1 else Runner(False)
     rec_sums: dict[str, torch.Tensor] = {}
@@ -377,7 +396,7 @@ def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding 
         for k, v in tile_sampled.items():
             sampled.setdefault(k, []).append(v)
         recon_pieces.append(recon)
-    recon = _stitch_rows(dec_tiles, recon_pieces)
+    recon = None if keep_recon == "none" else _stitch_rows(dec_tiles, recon_pieces)
     sampled_frames = {k: _stitch_rows(dec_tiles, v) for k, v in sampled.items()}
 
     n = video.numel()
@@ -388,8 +407,9 @@ def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding 
         terms["ssim"] = 1 - rec_sums["ssim"] / (b * frames * 3 * (height - size + 1) * (width - size + 1))
     mse = rec_sums["sq"] / n
     stats["psnr"] = -10 * torch.log10(mse.clamp_min(1e-10))
+    anchor_sums = None if anchor is None else [sums[f"anchor/{i}"] for i in range(len(grids))]
     return BoundedResult(terms=terms, stats=stats, ids=ids, recon=recon, window=window, window_bits=window_bits,
-                         pooled_bits=pooled, sampled=sampled_frames)
+                         pooled_bits=pooled, sampled=sampled_frames, anchor_sums=anchor_sums)
 
 
 def level_terms(model: "PyraTok", sums: dict[str, torch.Tensor], shapes, batch: int):
@@ -421,7 +441,7 @@ def level_terms(model: "PyraTok", sums: dict[str, torch.Tensor], shapes, batch: 
     pooled = None
     if lc.text_align.enabled:
         pooled = mean(sums[f"bits/{i}"] / (tokens[i] // batch) for i in levels)
-    if lc.drift.enabled:
+    if lc.drift.enabled and lc.drift.anchor != "dino":
         channels = model.backbone.tap_channels
         terms["drift"] = mean(sums[f"drift/{i}"] / (tokens[i] * channels[i]) for i in levels)
     return terms, stats, pooled

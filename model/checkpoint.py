@@ -37,8 +37,8 @@ def persistent_keys(state_keys, config: ModelConfig) -> list[str]:
     for key in state_keys:
         if key.startswith(FROZEN_PREFIXES):
             continue
-        if key.startswith("ar_head.backbone.model.") and not config.ar.hf_trainable:
-            continue
+        if key.startswith("ar_head.backbone.model.") and not (config.ar.hf_trainable or "lora_" in key):
+            continue  # the LM's frozen base (its LoRA, when ar.hf_lora_rank, is what the AR head learns)
         if key.startswith("backbone.vae."):
             if "lora_" not in key and not (config.backbone.decoder == "full" and key.startswith(trainable_decoder)):
                 continue

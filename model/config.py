@@ -56,6 +56,9 @@ class TextEncoderConfig(StrictModel):
     """How e_t is pooled from the token states: mean (sentence encoders), last (causal LMs), cls."""
     max_length: int = Field(77, ge=4)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    load_in_4bit: bool = False
+    """Load the (language) model in 4 bits (bitsandbytes NF4, CUDA only): the paper quantizes the alignment VLM to
+    INT4. A pre-quantized checkpoint (e.g. an AWQ one) needs no flag: its own config says how it is stored."""
 
 
 class LapqConfig(StrictModel):
@@ -124,12 +127,27 @@ class ArHeadConfig(StrictModel):
     max_text_tokens: int = Field(64, ge=0)
     """Text prefix length (0: no text prefix)."""
     hf_path: str | None = None
+    """backend=hf: the causal LM's dir (local, s3://); None shares the text encoder's language model (one copy
+    of Qwen2.5-VL's LM on the GPU: its adapters are switched off while it embeds the captions)."""
     hf_trainable: bool = False
+    """Train the whole LM (needs its own ``hf_path``). The paper's way is ``hf_lora_rank``."""
+    hf_lora_rank: int = Field(0, ge=0)
+    """LoRA (peft) of this rank on the LM's attention and MLP projections; 0: the LM stays as it is."""
+    hf_lora_alpha: float = Field(32.0, gt=0)
+    hf_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    """dtype of an LM loaded from ``hf_path`` (the shared one has the text encoder's)."""
+    hf_load_in_4bit: bool = False
+    """Load the ``hf_path`` LM in 4 bits (bitsandbytes NF4, CUDA only); the shared one follows
+    ``text_encoder.load_in_4bit``."""
+    hf_gradient_checkpointing: bool = True
+    """Recompute the LM's layers in backward (keeps each layer's input: ~tokens x hidden x layers values)."""
 
     @model_validator(mode="after")
     def _check(self) -> "ArHeadConfig":
         if self.backend == "transformer" and self.dim % self.heads:
             raise ValueError(f"ar.heads={self.heads} must divide ar.dim={self.dim}")
+        if self.hf_trainable and self.hf_lora_rank:
+            raise ValueError("ar.hf_trainable (the whole LM) and ar.hf_lora_rank (adapters) exclude each other")
         return self
 
 
@@ -235,6 +253,13 @@ class TextAlignTerm(LossTerm):
     temperature: float = Field(0.07, gt=0)
 
 
+class DriftTerm(LossTerm):
+    weight: float = Field(0.6, ge=0)
+    anchor: Literal["vae", "dino", "both"] = "vae"
+    """What holds the adapted taps (``model/anchor.py``): the frozen Wan encoder's taps (``vae``), the frozen
+    DINOv3's patch tokens through learned heads (``dino``, Appendix B's En; needs ``model.dino``), or both."""
+
+
 class LossesConfig(StrictModel):
     """Every term is named, weighted and switchable. total = sum(group weight x term weight x term)."""
 
@@ -251,7 +276,7 @@ class LossesConfig(StrictModel):
     text_kl: TextKlTerm = Field(default_factory=TextKlTerm)
     text_align: TextAlignTerm = Field(default_factory=TextAlignTerm)
     ar: LossTerm = Field(default_factory=lambda: LossTerm(weight=1.5))
-    drift: LossTerm = Field(default_factory=lambda: LossTerm(weight=0.6))
+    drift: DriftTerm = Field(default_factory=DriftTerm)
     dino: LossTerm = Field(default_factory=lambda: LossTerm(enabled=False, weight=1.0))
 
     def group_weight(self, term: str) -> float:

@@ -87,6 +87,11 @@ class DinoEncoder(nn.Module):
             return out.pooler_output.float()
         return out.last_hidden_state[:, self.skip_tokens :].float()
 
+    def patch_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, P, D) patch tokens, whatever ``features`` says (the drift anchor's target)."""
+        out = self.model(pixel_values=self.preprocess(frames).to(next(self.model.parameters()).dtype))
+        return out.last_hidden_state[:, self.skip_tokens :].float()
+
     def video_features(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> features of the sampled frames, flattened over (B, frames)."""
         idx = sample_frames(video.shape[2], self.max_frames).to(video.device)

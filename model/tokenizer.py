@@ -19,6 +19,7 @@ from torch import nn
 from pyratok.core.config import deep_merge
 from pyratok.core.storage import Storage
 from pyratok.model import checkpoint
+from pyratok.model.anchor import AnchorPlan, DinoAnchor, anchor_plan
 from pyratok.model.ar_head import ArHead
 from pyratok.model.backbone import WanBackbone, check_video
 from pyratok.model.config import ModelConfig
@@ -31,6 +32,7 @@ from pyratok.model.losses.recon import frames_of, l1, psnr, ssim_loss
 from pyratok.model.losses.retention import dino_retention, drift
 from pyratok.model.masking import draw_mask
 from pyratok.model.metrics import codebook_usage, perplexity
+from pyratok.model.pixels import RECON_KEEPS, kept_recon, to_pixels
 from pyratok.model.pyramid import TokenPyramid
 from pyratok.model.semantic_head import SemanticHead
 from pyratok.model.sources import local_file, resolve
@@ -46,7 +48,8 @@ class PyraTokOutput:
     losses: dict[str, torch.Tensor]
     """Each active term, unweighted (names = the keys of ``ModelConfig.losses``)."""
     weighted: dict[str, torch.Tensor]
-    recon: torch.Tensor
+    recon: torch.Tensor | None
+    """The detached reconstruction, as ``keep_recon`` asked (None with ``none``)."""
     pyramid: TokenPyramid
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -80,6 +83,11 @@ class PyraTok(nn.Module):
         self.ar_head = ar_head
         self.dino = dino
         self.lpips = lpips
+        self.anchor = None
+        if config.losses.drift.enabled and config.losses.drift.anchor != "vae":
+            if dino is None:
+                raise ValueError(f"losses.drift.anchor={config.losses.drift.anchor} needs model.dino (the frozen DINOv3)")
+            self.anchor = DinoAnchor(backbone.tap_channels, int(dino.model.config.hidden_size))
         self.source_dir: str | None = None
         """Where this model was loaded from (relative base paths in its config resolve against it)."""
 
@@ -93,7 +101,8 @@ class PyraTok(nn.Module):
         text_encoder = TextEncoder.from_config(cfg.text_encoder, **where)
         ar_head = ArHead.from_config(cfg.ar, code_bits=cfg.lapq.code_bits, text_dim=text_encoder.dim,
                                      num_levels=len(backbone.tap_grids), text_model=text_encoder.model, **where)
-        dino = DinoEncoder.from_config(cfg.dino, **where) if cfg.losses.dino.enabled else None
+        needs_dino = cfg.losses.dino.enabled or (cfg.losses.drift.enabled and cfg.losses.drift.anchor != "vae")
+        dino = DinoEncoder.from_config(cfg.dino, **where) if needs_dino else None
         lpips = build_lpips(cfg.losses.lpips, **where)
         model = cls(config=cfg, backbone=backbone, text_encoder=text_encoder, ar_head=ar_head, dino=dino, lpips=lpips)
         model.source_dir = base_dir
@@ -134,12 +143,18 @@ class PyraTok(nn.Module):
     def device(self) -> torch.device:
         return next(self.lapq.parameters()).device
 
+    @property
+    def pixel_dtype(self) -> torch.dtype:
+        """What uint8 frames become: the trainable weights' dtype (bf16 under a bf16 engine, else fp32 + autocast)."""
+        return next(self.lapq.parameters()).dtype
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """LoRA + LaPQ + heads + fusion (+ decoder when configured); never the frozen bases."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def check_video(self, video: torch.Tensor) -> None:
-        check_video(video, spatial_multiple=self.spatial_multiple, temporal_multiple=self.temporal_multiple)
+    def check_video(self, video: torch.Tensor, *, allow_uint8: bool = False) -> None:
+        check_video(video, spatial_multiple=self.spatial_multiple, temporal_multiple=self.temporal_multiple,
+                    allow_uint8=allow_uint8)
 
     # -- building blocks ----------------------------------------------------------
     def embed_text(self, text: list[str] | None, batch: int) -> TextEmbedding:
@@ -210,16 +225,24 @@ class PyraTok(nn.Module):
         return (self.config.lapq.text_cross_attention or lc.text_kl.enabled or lc.text_align.enabled
                 or (lc.ar.enabled and self.config.ar.max_text_tokens > 0))
 
-    def forward(self, video: torch.Tensor, text: list[str] | None = None, *, progress: float = 0.0) -> PyraTokOutput:
+    def forward(self, video: torch.Tensor, text: list[str] | None = None, *, progress: float = 0.0,
+                keep_recon: str = "all") -> PyraTokOutput:
         """Training forward: the loss (weighted sum of the named terms), each term, stats, tokens, reconstruction.
 
-        With ``tiling.train`` (default) the VAE runs in spatial tiles x causal time chunks under activation
-        checkpointing (``model/bounded.py``): memory bounded by one tile-chunk, same loss and gradients.
-        ``progress`` (0..1 through the stage) is the training loop's clock for schedules; masking no longer
-        reads it (it draws its ratio per sample, as MaskGIT does).
+        ``video``: (B, 3, T, H, W) float in [-1, 1], or the loader's uint8, which the tiled forward converts
+        one region at a time (``model/pixels.py``). With ``tiling.train`` (default) the VAE runs in spatial
+        tiles x causal time chunks under activation checkpointing (``model/bounded.py``): memory bounded by
+        one tile-chunk, same loss and gradients. ``keep_recon``: what ``recon`` holds: ``all`` (the batch's
+        reconstruction), ``first`` (the first clip's, on the CPU: a sample image's worth) or ``none`` (the
+        tiled forward then never builds it). ``progress`` (0..1 through the stage) is the training loop's clock
+        for schedules; masking no longer reads it (it draws its ratio per sample, as MaskGIT does).
         """
-        self.check_video(video)
+        self.check_video(video, allow_uint8=True)
+        if keep_recon not in RECON_KEEPS:
+            raise ValueError(f"keep_recon must be one of {RECON_KEEPS}, got {keep_recon!r}")
         cfg, lc = self.config, self.config.losses
+        if not cfg.tiling.train:
+            video = to_pixels(video, self.pixel_dtype)
         stats: dict[str, torch.Tensor] = {}
         temb = self.embed_text(text, video.shape[0]) if self._needs_text() else None
 
@@ -228,7 +251,11 @@ class PyraTok(nn.Module):
             mask = draw_mask(tuple(video.shape), cfg.masking, patch=cfg.masking.patch_size or self.spatial_multiple)
             stats["mask/frame_ratio"] = mask.frames.float().mean()
             stats["mask/spatial_ratio"] = mask.spatial_ratio.mean()
-        terms, recon, ids = (self._bounded_terms if cfg.tiling.train else self._untiled_terms)(video, temb, mask, stats)
+        if cfg.tiling.train:
+            terms, recon, ids = self._bounded_terms(video, temb, mask, stats, keep_recon)
+        else:
+            terms, recon, ids = self._untiled_terms(video, temb, mask, stats)
+            recon = kept_recon(recon, keep_recon)
 
         weighted = {name: value * lc.effective_weight(name) for name, value in terms.items()}
         loss = torch.stack(list(weighted.values())).sum() if weighted else sum(p.sum() * 0 for p in self.lapq.parameters())
@@ -254,7 +281,8 @@ class PyraTok(nn.Module):
         """LPIPS and DINO retention on sampled frames; ``recon_frames(idx)`` gives (B, 3, n, H, W) of the reconstruction."""
         terms = {}
         if lpips_idx is not None:
-            rec, tgt = frames_of(recon_frames(lpips_idx)), frames_of(video.index_select(2, lpips_idx.to(video.device)))
+            target = to_pixels(video.index_select(2, lpips_idx.to(video.device)), self.pixel_dtype)
+            rec, tgt = frames_of(recon_frames(lpips_idx)), frames_of(target)
             if self.config.tiling.train and self.config.tiling.checkpoint and torch.is_grad_enabled():
                 # one full-resolution frame's VGG activations alive at a time (recomputed in backward)
                 from torch.utils.checkpoint import checkpoint
@@ -266,17 +294,18 @@ class PyraTok(nn.Module):
                 terms["lpips"] = self.lpips(rec, tgt).mean()
         if dino_idx is not None:
             with torch.no_grad():
-                target = self.dino(frames_of(video.index_select(2, dino_idx.to(video.device))))
+                target = self.dino(frames_of(to_pixels(video.index_select(2, dino_idx.to(video.device)), self.pixel_dtype)))
             terms["dino"] = dino_retention(self.dino(frames_of(recon_frames(dino_idx))), target)
         return terms
 
-    def _bounded_terms(self, video, temb, mask, stats):
+    def _bounded_terms(self, video, temb, mask, stats, keep_recon):
         from pyratok.model.bounded import bounded_forward
 
         lc = self.config.losses
         lpips_idx, dino_idx = self._sample_indices(video.shape[2])
         wanted = sorted({int(k) for idx in (lpips_idx, dino_idx) if idx is not None for k in idx})
-        out = bounded_forward(self, video, temb, mask=mask, want_ar=lc.ar.enabled, sample_frames=tuple(wanted))
+        out = bounded_forward(self, video, temb, mask=mask, want_ar=lc.ar.enabled, sample_frames=tuple(wanted),
+                              keep_recon=keep_recon, anchor=self.anchor_plan(video.shape))
         terms = dict(out.terms)
         stats.update(out.stats)
         if lc.text_align.enabled:
@@ -287,6 +316,8 @@ class PyraTok(nn.Module):
             self._ar_stats(ar, terms, stats)
         terms.update(self._frame_terms(lambda idx: torch.stack([out.sampled[int(k)] for k in idx], dim=2), video,
                                        lpips_idx, dino_idx))
+        if self.anchor is not None:
+            self._add_drift(terms, self._anchor_loss(out.anchor_sums, video))
         return _ordered(terms), out.recon, out.ids
 
     def _untiled_terms(self, video, temb, mask, stats):
@@ -319,12 +350,33 @@ class PyraTok(nn.Module):
         if lc.ar.enabled:
             ar = self.ar_head([lv.quantized.bits for lv in levels], list(self.lapq.grids), temb)
             self._ar_stats(ar, terms, stats)
-        if lc.drift.enabled:
+        if lc.drift.enabled and lc.drift.anchor != "dino":
             terms["drift"] = drift(taps, self.backbone.frozen_taps(inputs))
+        if self.anchor is not None:
+            plan = self.anchor_plan(video.shape)
+            sums = [DinoAnchor.patch_sums(tap, plan.frames, grid, 0, rows, cols, 0, 0)
+                    for tap, grid, (rows, cols) in zip(taps, self.lapq.grids, plan.memberships)]
+            self._add_drift(terms, self._anchor_loss(sums, video))
         lpips_idx, dino_idx = self._sample_indices(video.shape[2])
         terms.update(self._frame_terms(lambda idx: recon.index_select(2, idx.to(recon.device)), video, lpips_idx, dino_idx))
         stats["psnr"] = psnr(recon.detach(), video)
         return _ordered(terms), recon, [lv.ids for lv in levels]
+
+    def anchor_plan(self, shape) -> AnchorPlan | None:
+        """The DINO anchor's frames and tap-cell-to-patch memberships for a (B, 3, T, H, W) clip (None: no anchor)."""
+        return None if self.anchor is None else anchor_plan(self.dino, list(self.lapq.grids), shape)
+
+    def _anchor_loss(self, sums: list[torch.Tensor], video: torch.Tensor) -> torch.Tensor:
+        plan = self.anchor_plan(video.shape)
+        idx = torch.tensor(plan.frames, device=video.device)
+        with torch.no_grad():
+            target = self.dino.patch_tokens(frames_of(to_pixels(video.index_select(2, idx), self.pixel_dtype)))
+        return self.anchor.loss(sums, plan.memberships, target)
+
+    @staticmethod
+    def _add_drift(terms: dict[str, torch.Tensor], value: torch.Tensor) -> None:
+        """``both`` anchors: the drift term is the sum of the two."""
+        terms["drift"] = terms["drift"] + value if "drift" in terms else value
 
     @staticmethod
     def _ar_stats(ar, terms, stats) -> None:

@@ -13,11 +13,14 @@ stage-2 objective, then measures, with ``saved_tensors_hooks`` (each storage cou
 3. the causal caches at chunk borders, from the real modules (2 frames per causal conv): with
    nested tile checkpointing they are alive for one tile at a time.
 
-Peak per GPU = weights (bf16) + ZeRO-2 optimizer and gradient terms + input and detached
-reconstruction (bf16) + part 2 + part 3 + the largest of part 1's regions. Writes the markdown
-tables that ``infra/training/README.md`` quotes.
+4. the AR head's window (``--ar vlm``, the presets' AR head: Qwen2.5-VL-3B's LM with LoRA, measured
+   at full width on 1 and 2 layers; ``--ar transformer``: the small one, measured in part 2's probe).
 
-    .venv/bin/python infra/training/memory_estimate.py            # ~10 min on 2 CPU cores
+Peak per GPU = weights (bf16) + ZeRO-2 optimizer and gradient terms + the input clip (uint8, as the
+loader gives it; no reconstruction is kept on the GPU) + parts 2 and 4 + part 3 + the largest of
+part 1's regions. Writes the markdown tables that ``infra/training/README.md`` quotes.
+
+    .venv/bin/python infra/training/memory_estimate.py            # ~5 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -67,18 +70,19 @@ class SavedBytes:
     """Activation bytes autograd saves, split by the region kind that was running (``phase``).
 
     Weights that autograd keeps (a conv saves its weight for the input's gradient) are the model's
-    own memory, counted once in the weights row, so they are left out here.
+    own memory, counted once in the weights row, so they are left out here (``excluded``, with the
+    input clip where a probe counts it on its own).
     """
 
     def __init__(self, model):
         self.phase = "outside"
         self.by_phase: dict[str, dict[int, int]] = {}
-        self.weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        self.weights |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+        self.excluded = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.excluded |= {b.untyped_storage().data_ptr() for b in model.buffers()}
 
     def pack(self, tensor: torch.Tensor):
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in self.weights:
+        if storage.data_ptr() not in self.excluded:
             self.by_phase.setdefault(self.phase, {})[storage.data_ptr()] = storage.nbytes()
         return tensor
 
@@ -138,7 +142,9 @@ def persistent_probe(model, frames: int, side: int) -> tuple[int, int, int]:
     scaled to the full budget; what is left grows with the clip.
     """
     meter = SavedBytes(model)
-    video = torch.rand(1, 3, frames, side, side) * 2 - 1
+    # the loader's uint8 clip, as training feeds it; its storage is the input term (3 B per voxel), not counted here
+    video = torch.randint(0, 256, (1, 3, frames, side, side), dtype=torch.uint8)
+    meter.excluded.add(video.untyped_storage().data_ptr())
     head = model.ar_head
     original = head.forward_window
     tokens = []
@@ -161,13 +167,71 @@ def persistent_probe(model, frames: int, side: int) -> tuple[int, int, int]:
     head.forward_window = ar_phase
     try:
         with meter.hooks():
-            out = model(video, ["a probe clip"], progress=0.5)
+            out = model(video, ["a probe clip"], progress=0.5, keep_recon="none")
         out.loss.backward()
         model.zero_grad(set_to_none=True)
     finally:
         model.config.tiling = saved
         del head.forward_window
     return meter.total("outside"), meter.total("ar"), tokens[0]
+
+
+# Qwen2.5-VL-3B's language model (its text config): the paper preset's AR head backbone (ar.backend=hf).
+QWEN25_VL_3B_TEXT = dict(hidden_size=2048, intermediate_size=11008, num_attention_heads=16, num_key_value_heads=2,
+                         num_hidden_layers=36, rms_norm_eps=1e-6, rope_theta=1e6)
+
+
+def vlm_ar_probe(model) -> float:
+    """fp32 bytes one clip's AR window costs when the AR head is Qwen2.5-VL-3B's LM (LoRA, gradient checkpointing).
+
+    The LM is built at full width with 1 and 2 layers (random weights, a small vocabulary: it is fed embeddings)
+    and run at the full token budget: with checkpointing, each layer keeps its input for backward (the slope
+    over layers); without it, one layer's activations are what backward recomputes at a time. The window then
+    costs 36 kept inputs + one layer recomputed.
+    """
+    from transformers import Qwen2Config, Qwen2Model
+
+    from pyratok.model.ar_head import ArHead, HfCausalBackbone
+    from pyratok.model.text_encoder import TextEmbedding
+
+    cfg = model.config.ar.model_copy(update={"backend": "hf"})
+    sizes = dict(QWEN25_VL_3B_TEXT)
+    layers = sizes.pop("num_hidden_layers")
+    tokens = cfg.max_text_tokens + 1 + cfg.token_budget + len(model.lapq.grids) - 1
+    per_setting = {}
+    for checkpointing in (True, False):
+        for depth in (1, 2):
+            lm = Qwen2Model(Qwen2Config(vocab_size=64, num_hidden_layers=depth, **sizes))
+            backbone = HfCausalBackbone(lm, lora_rank=cfg.hf_lora_rank or 16, lora_alpha=cfg.hf_lora_alpha,
+                                        checkpointing=checkpointing)
+            head = ArHead(cfg=cfg, code_bits=model.config.lapq.code_bits, text_dim=sizes["hidden_size"],
+                          num_levels=1, backbone=backbone).train()
+            meter = SavedBytes(head)
+            bits = torch.randn(1, 1, 1, cfg.token_budget, model.config.lapq.code_bits, requires_grad=True)
+            text = torch.randn(1, cfg.max_text_tokens, sizes["hidden_size"])
+            emb = TextEmbedding(tokens=text, mask=torch.ones(1, cfg.max_text_tokens, dtype=torch.bool), pooled=text[:, 0])
+            with meter.hooks():
+                out = head.forward_window([bits], emb, window=None)
+            out.loss.backward()
+            per_setting[(checkpointing, depth)] = meter.total("outside")
+    kept = per_setting[(True, 2)] - per_setting[(True, 1)]
+    layer = per_setting[(False, 2)] - per_setting[(False, 1)]
+    fixed = per_setting[(True, 1)] - kept
+    print(f"VLM AR probe ({tokens} tokens): {kept / 2**20:.0f} MiB kept per layer, {layer / 2**20:.0f} MiB per layer "
+          f"recomputed, {fixed / 2**20:.0f} MiB outside the layers (fp32)")
+    return layers * kept + layer + fixed
+
+
+def vlm_ar_trainable(model) -> int:
+    """Parameters the VLM AR head trains: LoRA on every projection of the 36 layers + bits in/out, level/BOS/SEP."""
+    cfg, bits, q = model.config.ar, model.config.lapq.code_bits, QWEN25_VL_3B_TEXT
+    hidden, inter = q["hidden_size"], q["intermediate_size"]
+    kv = hidden // q["num_attention_heads"] * q["num_key_value_heads"]
+    shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden), (hidden, inter), (hidden, inter), (inter, hidden)]
+    rank = cfg.hf_lora_rank or 16
+    lora = q["num_hidden_layers"] * sum(rank * (a + b) for a, b in shapes)
+    text_in = (hidden + 1) * hidden if cfg.max_text_tokens > 0 else 0
+    return lora + 2 * bits * hidden + bits + hidden + text_in + (len(model.lapq.grids) + 2) * hidden
 
 
 def fit(xs, ys):
@@ -183,6 +247,8 @@ class Measured:
     """Region kind -> (bytes per crop pixel, intercept) for one 4-frame chunk."""
     per_voxel: float
     persist_fixed: float
+    ar_window: float
+    """One clip's AR window (the AR head's activations at its token budget), fp32 bytes."""
     enc_cache: float
     """Causal-cache values per crop pixel at one chunk border (encoder; decoder tail below)."""
     dec_cache: float
@@ -210,8 +276,8 @@ def activation_peak(m: Measured, plan, frames: int, height: int, width: int, *, 
     regions = max(m.region("encode_region", enc_px), m.region("decode_region", dec_px),
                   m.region("decoder_head", height * width))
     return {
-        # kept tensors (probed in fp32, scaled) + input clip and detached reconstruction (3 channels each)
-        "clip": micro * frames * height * width * (m.per_voxel * scale + 3 * 2 * value_bytes) + m.persist_fixed * scale,
+        # kept tensors (probed in fp32, scaled) + the uint8 input clip (3 channels); no reconstruction is kept
+        "clip": micro * frames * height * width * (m.per_voxel * scale + 3) + (m.persist_fixed + micro * m.ar_window) * scale,
         "caches": micro * live * value_bytes * max(m.enc_cache * enc_px, m.dec_cache * dec_px),
         "region": micro * regions * scale,
         "halo_compute": (enc_px + dec_px) / (2 * min(tile, height) * min(tile, width)),
@@ -239,7 +305,9 @@ def measure(model, args) -> Measured:
 
     enc_cache, dec_cache = cache_values_per_pixel(model)
     print(f"probes took {time.perf_counter() - started:.0f} s")
-    return Measured(lines=lines, per_voxel=per_voxel, persist_fixed=max(0.0, persist_fixed) + ar_bytes,
+    if args.ar == "vlm":
+        ar_bytes = vlm_ar_probe(model)
+    return Measured(lines=lines, per_voxel=per_voxel, persist_fixed=max(0.0, persist_fixed), ar_window=ar_bytes,
                     enc_cache=enc_cache, dec_cache=dec_cache)
 
 
@@ -261,6 +329,8 @@ def main() -> None:
     parser.add_argument("--region-probes", default="48,80", help="crop sides (px) of the one-tile probes")
     parser.add_argument("--clip-probes", default="9x64,17x64", help="frames x side of the persistent probes")
     parser.add_argument("--arch", choices=("production", "bench"), default="production")
+    parser.add_argument("--ar", choices=("vlm", "transformer"), default="vlm",
+                        help="AR head: Qwen2.5-VL-3B's LM with LoRA (the paper and cluster presets) or the small transformer")
     parser.add_argument("--width", type=int, default=16, help="channels of the bench architecture")
     parser.add_argument("--check", default="",
                         help="with --arch bench: FxHxW clips to predict for comparison with bench/memory.py's peak RSS")
@@ -271,6 +341,8 @@ def main() -> None:
     model = build_model(args.tile, args.arch, args.width)
     plan = plan_for(model)
     trainable = sum(p.numel() for p in model.trainable_parameters())
+    if args.ar == "vlm":  # the small transformer AR head out, the LM's LoRA and the bit projections in
+        trainable += vlm_ar_trainable(model) - sum(p.numel() for p in model.ar_head.parameters() if p.requires_grad)
     vae = sum(p.numel() for p in model.backbone.parameters() if not p.requires_grad)
     print(f"trainable {trainable / 1e6:.1f} M; frozen VAE {vae / 1e6:.1f} M; plan: tile {plan.tile * plan.cell} px, "
           f"encoder halo {plan.halo * plan.cell} px, decoder halo {plan.decoder_halo * plan.latent_stride} px, "
@@ -298,9 +370,11 @@ def main() -> None:
           f"{m.region('encode_region', enc_crop ** 2) / 2 / GB:.1f} GB |")
     print(f"| one decoder-tail tile-chunk (crop {dec_crop}² x 4 frames), recomputed, bf16 | "
           f"{m.region('decode_region', dec_crop ** 2) / 2 / GB:.1f} GB |")
+    ar_name = "Qwen2.5-VL-3B LM + LoRA, checkpointed" if args.ar == "vlm" else "small transformer"
     print(f"| kept for the whole clip outside the regions, bf16 | {m.per_voxel / 2:.1f} B per voxel + "
-          f"{m.persist_fixed / 2 / GB:.2f} GB (AR head at its {model.config.ar.token_budget}-token budget) |")
-    print("| input clip + detached reconstruction, bf16 | 12 B per voxel |")
+          f"{m.persist_fixed / 2 / GB:.2f} GB + {m.ar_window / 2 / GB:.2f} GB per clip (AR head, {ar_name}, at its "
+          f"{model.config.ar.token_budget}-token budget) |")
+    print("| input clip, uint8 (no reconstruction kept: a sample image takes the first clip's, on the CPU) | 3 B per voxel |")
     print(f"| causal caches at one chunk border, bf16 | {m.enc_cache * 2:.0f} (encoder) / {m.dec_cache * 2:.0f} (decoder) "
           "B per crop pixel |")
     print()

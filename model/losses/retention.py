@@ -3,7 +3,9 @@
 - drift: ||F_LoRA(X) - sg(F_frozen(X))||^2 on the tapped features the tokenizer quantizes (mean per tap,
   averaged over taps), with and without adapters. Not on mu: the tokenizer never uses mu, and the adapters
   past the last tap would then get gradient from drift alone and could cancel it while the taps move freely;
-  so there are no adapters past the last tap either;
+  so there are no adapters past the last tap either. This is ``losses.drift.anchor: vae``; ``dino`` holds
+  the same taps to the frozen DINOv3's patch tokens instead (Appendix B's En, ``model/anchor.py``, the
+  paper preset's), ``both`` adds the two;
 - DINO retention: 1 - cos(DINO(frames_hat), DINO(frames)) with a frozen DINO.
 """
 

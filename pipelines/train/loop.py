@@ -47,10 +47,13 @@ class TrainJob:
     extra_meta: dict = field(default_factory=dict)
 
 
-def to_model_input(video: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1] on the device."""
-    video = video.to(device, non_blocking=True)
-    return video.permute(0, 4, 1, 2, 3).to(dtype).div_(127.5).sub_(1.0)
+def to_model_input(video: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) -> uint8 (B, 3, T, H, W) on the device (a view: no copy).
+
+    It stays uint8: the model converts it to its compute dtype one tile-chunk at a time
+    (``model/pixels.py``), a quarter of a bf16 clip's bytes on the GPU and over the bus.
+    """
+    return video.to(device, non_blocking=True).permute(0, 4, 1, 2, 3)
 
 
 def seed_everything(seed: int) -> None:
@@ -251,8 +254,11 @@ class StageLoop:
             if not loader.observe(batch):
                 continue
             waited = time.perf_counter() - wait_started
-            video = to_model_input(batch["video"], self.device, self.strategy.input_dtype)
-            out = self.strategy.micro_step(video, batch["text"], progress=state.step / self.total)
+            video = to_model_input(batch["video"], self.device)
+            # the sample image needs the first clip's reconstruction; otherwise the forward never builds one
+            sampling = self.rank == 0 and (state.step + 1) % cadence.sample_every_n_steps == 0
+            out = self.strategy.micro_step(video, batch["text"], progress=state.step / self.total,
+                                           keep_recon="first" if sampling else "none")
             self.meter.add_micro(out, clips=video.shape[0], data_wait=waited)
             state.micro_batches += 1
             stepped = self.strategy.step()

@@ -139,11 +139,7 @@ class Strategy:
         self.device = device
         self.grad_norm: float | None = None
 
-    @property
-    def input_dtype(self) -> torch.dtype:
-        return torch.float32
-
-    def micro_step(self, video: torch.Tensor, text: list[str], progress: float) -> Any:
+    def micro_step(self, video: torch.Tensor, text: list[str], progress: float, keep_recon: str = "none") -> Any:
         raise NotImplementedError
 
     def step(self) -> bool:
@@ -198,13 +194,13 @@ class DDPStrategy(Strategy):
         self.clip = optim.grad_clip
         self.micro = 0
 
-    def micro_step(self, video, text, progress):
+    def micro_step(self, video, text, progress, keep_recon="none"):
         boundary = (self.micro + 1) % self.accum == 0
         sync = contextlib.nullcontext() if boundary or not hasattr(self.wrapped, "no_sync") else self.wrapped.no_sync()
         cast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
         with sync:
             with cast:
-                out = self.wrapped(video, text, progress=progress)
+                out = self.wrapped(video, text, progress=progress, keep_recon=keep_recon)
             (out.loss / self.accum).backward()
         return out
 
@@ -268,12 +264,8 @@ class DeepSpeedStrategy(Strategy):
         )
         self.trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
 
-    @property
-    def input_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
-
-    def micro_step(self, video, text, progress):
-        out = self.engine(video, text, progress=progress)
+    def micro_step(self, video, text, progress, keep_recon="none"):
+        out = self.engine(video, text, progress=progress, keep_recon=keep_recon)
         self.engine.backward(out.loss)
         return out
 

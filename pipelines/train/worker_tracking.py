@@ -23,14 +23,16 @@ log = get_logger(__name__)
 def frame_grid(video: torch.Tensor, recon: torch.Tensor | None, frames: int) -> np.ndarray:
     """Input (top row) and reconstruction (bottom row) of one clip: uint8 (rows*H, frames*W, 3).
 
-    Tensors are (3, T, H, W) in [-1, 1]; ``frames`` evenly spaced frames are shown.
+    Tensors are (3, T, H, W), float in [-1, 1] or uint8; ``frames`` evenly spaced frames are shown.
     """
     rows = [video] + ([recon] if recon is not None else [])
     length = video.shape[1]
     picks = np.linspace(0, length - 1, num=min(frames, length)).round().astype(int)
     out = []
     for row in rows:
-        row = row.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
+        if row.dtype != torch.uint8:  # the input may come as the loader's uint8 already
+            row = row.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+        row = row.cpu()
         if row.shape[1] != length:  # a reconstruction may differ in length; sample it on its own grid
             idx = np.linspace(0, row.shape[1] - 1, num=len(picks)).round().astype(int)
         else:

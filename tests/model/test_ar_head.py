@@ -163,3 +163,28 @@ def test_each_token_is_predicted_from_the_state_right_before_it():
     copy = torch.stack([torch.nn.functional.binary_cross_entropy_with_logits(10 * t, (t > 0).float(), reduction="sum")
                         for t in targets]).mean()
     assert copy < 1e-3 < result.loss  # the mutant's loss, for contrast
+
+
+def test_windows_of_the_paper_budget_cover_a_whole_512px_97_frame_clip_over_steps():
+    """At the paper's 2,048-token budget one window is 3x3x3 coarse cells (48x48 px x 12 frames: 0.1 % of a
+    97x512x512 clip's tokens), drawn anywhere each step. Every cell is reachable, each is drawn as often as the
+    start positions covering it say (hand-computed per axis), and 50,000 draws (~100 steps of a 128-GPU stage at
+    4 clips per GPU) leave no cell unseen but a few in the corners."""
+    coarse = GRIDS[-1].shape(97, 512, 512)
+    assert coarse == (25, 32, 32)
+    draws = 50_000
+    g = torch.Generator().manual_seed(0)
+    hits = torch.zeros(coarse, dtype=torch.int32)
+    for _ in range(draws):
+        w = choose_window(coarse, GRIDS, 2048, generator=g, random=True)
+        hits[w.frames[0]:w.frames[1], w.rows[0]:w.rows[1], w.cols[0]:w.cols[1]] += 1
+    size = (3, 3, 3)
+
+    def axis_probability(i: int, n: int, k: int) -> float:  # starts s in [0, n-k] with s <= i < s + k
+        return (min(i, n - k) - max(0, i - k + 1) + 1) / (n - k + 1)
+
+    for cell in [(12, 16, 16), (0, 0, 0), (24, 31, 0), (1, 1, 30)]:
+        p = math.prod(axis_probability(i, n, k) for i, n, k in zip(cell, coarse, size))
+        mean, sd = draws * p, math.sqrt(draws * p * (1 - p))
+        assert abs(int(hits[cell]) - mean) <= 5 * sd + 1, (cell, int(hits[cell]), mean)
+    assert (hits > 0).float().mean() > 0.99

@@ -20,7 +20,7 @@ from tests.model.conftest import build, clip
 
 EVERY_TERM = {
     "ar": {"enabled": True}, "text_kl": {"enabled": True}, "text_align": {"enabled": True},
-    "dino": {"enabled": True}, "drift": {"enabled": True}, "hier_kl": {"enabled": True},
+    "dino": {"enabled": True}, "drift": {"enabled": True, "anchor": "both"}, "hier_kl": {"enabled": True},
 }
 
 
@@ -57,6 +57,29 @@ def clip_and_reference(model):
     return video, texts, step(model, video, texts, train=False)
 
 
+def saved_bytes(model, video, texts, **tiling) -> int:
+    """Bytes autograd saves for backward in one step (weights excluded, each storage once)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    saved_cfg = model.config.tiling.model_copy()
+    for k, v in tiling.items():
+        setattr(model.config.tiling, k, v)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(video, texts, progress=0.4, keep_recon="none")
+        out.loss.backward()
+        model.zero_grad(set_to_none=True)
+    finally:
+        model.config.tiling = saved_cfg
+    return sum(seen.values())
+
+
 SETTINGS = [
     pytest.param(dict(tile=512), id="one-tile-chunked"),
     pytest.param(dict(tile=32), id="tiles-2x2-cells-not-dividing"),  # 3x5 cells in 2-cell tiles: 2+1 x 2+2+1
@@ -90,27 +113,9 @@ def test_checkpointing_keeps_only_boundaries_for_backward(model, clip_and_refere
     one set per tile (six overlapping crops at 32 px tiles here). Nested checkpointing drops those caches
     from what the graph keeps: backward recomputes them one tile and one group at a time."""
     video, texts, _ = clip_and_reference
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def saved(**tiling):
-        seen: dict[int, int] = {}
-
-        def pack(t):
-            if t.untyped_storage().data_ptr() not in weights:
-                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        saved_cfg = model.config.tiling.model_copy()
-        for k, v in tiling.items():
-            setattr(model.config.tiling, k, v)
-        try:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = model(video, texts, progress=0.4)
-            out.loss.backward()
-            model.zero_grad(set_to_none=True)
-        finally:
-            model.config.tiling = saved_cfg
-        return sum(seen.values())
+        return saved_bytes(model, video, texts, **tiling)
 
     lc = model.config.losses
     lc.lpips.enabled = lc.dino.enabled = False  # scored on whole sampled frames: not the VAE's activations
@@ -166,3 +171,52 @@ def test_nested_auto_follows_the_border_caches(model):
         assert not resolve_nested(model, plan, large)
     finally:
         model.config.tiling = saved
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    return video.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def test_uint8_clip_trains_like_its_float_pixels_and_saves_a_quarter_of_them(model):
+    """The loader's uint8 frames go into the tiled forward as they are: each region converts its own crop, so the
+    loss, every gradient and the tokens equal those of the float clip (x / 127.5 - 1), and what backward keeps of the
+    clip is its uint8 storage: exactly 3 bytes per value less than the float clip's."""
+    frames = to_uint8(clip(9, 48, 80, batch=2, seed=11))
+    pixels = frames.float().div(127.5).sub(1)
+    texts = ["a red car on a road", "waves"]
+    ref, ref_grads = step(model, pixels, texts, train=True, tile=32)
+    out, grads = step(model, frames, texts, train=True, tile=32)
+    assert out.loss.item() == pytest.approx(ref.loss.item(), rel=1e-6)
+    assert out.pyramid.equal(ref.pyramid)
+    for name in ref_grads:
+        assert (grads[name] - ref_grads[name]).norm() <= 1e-5 * ref_grads[name].norm() + 1e-12, name
+    lc = model.config.losses
+    lc.lpips.enabled = lc.dino.enabled = False  # their frames are converted whole (3 of them): not the clip
+    try:
+        as_float = saved_bytes(model, pixels, texts, train=True, tile=32, nested="never")
+        as_uint8 = saved_bytes(model, frames, texts, train=True, tile=32, nested="never")
+    finally:
+        lc.lpips.enabled = lc.dino.enabled = True
+    assert as_float - as_uint8 == pixels.numel() * 3
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["tiled", "untiled"])
+def test_keep_recon_returns_what_was_asked(model, clip_and_reference, train):
+    video, texts, (ref, _) = clip_and_reference
+    outs = {}
+    for keep in ("all", "first", "none"):
+        saved = model.config.tiling.model_copy()
+        model.config.tiling.train, model.config.tiling.tile = train, 32
+        try:
+            with torch.no_grad():
+                torch.manual_seed(7)
+                outs[keep] = model(video, texts, progress=0.4, keep_recon=keep)
+        finally:
+            model.config.tiling = saved
+    assert outs["none"].recon is None
+    assert outs["first"].recon.device.type == "cpu" and outs["first"].recon.shape == (1, *video.shape[1:])
+    assert (outs["first"].recon - ref.recon[:1]).abs().max() < 1e-5
+    assert (outs["all"].recon - ref.recon).abs().max() < 1e-5
+    assert outs["none"].loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="keep_recon"):
+        model(video, texts, keep_recon="some")

@@ -86,6 +86,9 @@ def _alignment_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         loss = codebook.text_alignment(s, e, 0.2)
         loss.backward()
         torch.save({"loss": loss.detach(), "grad_s": s.grad, "grad_e": e.grad}, f"{out_dir}/rank{rank}.pt")
+        # both ranks done before either tears gloo down (a rank closing its pairs while the other is still
+        # in them aborts the process: "terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
