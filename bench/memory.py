@@ -265,7 +265,8 @@ def infer_section(args) -> dict:
         subprocess.run([sys.executable, "-m", "pyratok.cli.main", "model", "init", "--preset", "tiny", "--out", str(model)],
                        check=True, capture_output=True, cwd=REPO)
         for name in args.infer_sizes.split(","):
-            frames, height, width = INFER_SIZES[name]
+            # a name of INFER_SIZES, or FxHxW (e.g. 9x4320x7680: 8K with fewer frames, the same per-chunk peak)
+            frames, height, width = INFER_SIZES.get(name) or tuple(int(v) for v in name.split("x"))
             video = Path(tmp) / f"{name}.mp4"
             subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
                             f"testsrc2=size={width}x{height}:rate=24", "-frames:v", str(frames), "-pix_fmt", "yuv420p",

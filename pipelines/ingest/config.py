@@ -118,6 +118,13 @@ class ShardConfig(StrictModel):
     """Estimated bytes per shard (probed size, scaled to the window); a clip larger than this gets its own shard."""
 
 
+class SplitConfig(StrictModel):
+    """The held-out split: each accepted clip is ``train`` or ``val`` by a stable hash of its key."""
+
+    val_fraction: float = Field(0.0, ge=0, lt=1)
+    """Share of clips held out as ``val`` (recorded in each sample's json and the manifest; training skips them)."""
+
+
 class ExecutionConfig(StrictModel):
     """How fast (not what): task sizes, threads and timeouts of the Ray Data job."""
 
@@ -150,4 +157,5 @@ class IngestConfig(StrictModel):
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     cut: CutConfig = Field(default_factory=CutConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)

@@ -301,6 +301,7 @@ class IngestJob:
         import pandas as pd
 
         manifest = pd.DataFrame(clips, columns=list(MANIFEST_TABLE_COLUMNS))
+        manifest["split"] = manifest["split"].fillna("train")  # shards kept from before splits existed
         rejected = pd.DataFrame(rejects, columns=list(REJECT_TABLE_COLUMNS))
         rejected = rejected.sort_values(REJECT_SORT, kind="stable").reset_index(drop=True)
         self.storage.write_parquet(layout.manifest_uri(self.root), manifest)

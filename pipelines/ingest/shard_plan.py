@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyratok.core.config import fingerprint
+from pyratok.core.dataset import split_of
 from pyratok.pipelines.ingest.config import IngestConfig
 
 FORMAT_VERSION = 1
@@ -57,10 +58,20 @@ def shard_name(source: str, index: int) -> str:
     return f"{source}-{index:06d}"
 
 
+def _with_split(clip: dict[str, Any], val_fraction: float) -> dict[str, Any]:
+    """A held-out clip carries ``split: val`` into its shard's digest (its json says so, so changing the fraction
+    rewrites the shards it touches); a training clip carries nothing, so shards written before splits existed
+    keep their digests and are not rewritten."""
+    if split_of(clip["key"], val_fraction) == "val":
+        clip["split"] = "val"
+    return clip
+
+
 def plan_shards(accepted: list[dict[str, Any]], cfg: IngestConfig) -> list[ShardSpec]:
     limit_bytes = cfg.shards.max_mb * 1024 * 1024
     settings = content_settings(cfg)
-    clips = sorted(({k: row[k] for k in CLIP_FIELDS} for row in accepted), key=lambda c: c["key"])
+    clips = sorted((_with_split({k: row[k] for k in CLIP_FIELDS}, cfg.split.val_fraction) for row in accepted),
+                   key=lambda c: c["key"])
     specs: list[ShardSpec] = []
     group: list[dict[str, Any]] = []
     counters: dict[str, int] = {}

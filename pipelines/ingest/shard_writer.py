@@ -157,6 +157,7 @@ class ShardWriter:
             caption_issues=[i for i in clip["caption_issues"].split(",") if i],
             cut=plan.mode,
             source_file=basename(clip["video"]),
+            split=clip.get("split", "train"),
         )
         meta_json = json.dumps(meta.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
         tar.write({"__key__": clip["key"], "mp4": data, "json": meta_json.encode("utf-8"), "txt": clip["caption"].encode("utf-8")})
@@ -172,6 +173,7 @@ class ShardWriter:
             "duration": info.duration_s,
             "codec": info.codec,
             "sha256": hashlib.sha256(data).hexdigest(),
+            "split": meta.split,
             "bytes": len(data),
             "clip_start_s": plan.clip_start_s,
             "clip_end_s": clip_end,

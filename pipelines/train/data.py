@@ -138,7 +138,7 @@ class ClipStream(IterableDataset):
     Each batch is a dict: ``video`` uint8 (B, T, H, W, 3), ``text`` list[str], ``keys``,
     ``worker`` (loader process id), ``state`` (that process's :class:`StreamState` after
     this batch) and ``events`` (counters since its previous batch: ``skipped/<reason>``,
-    ``caption_fallback``).
+    ``caption_fallback``, ``held_out``: val clips passed over).
     """
 
     def __init__(self, spec: ReaderSpec):
@@ -228,6 +228,9 @@ class ClipStream(IterableDataset):
                 raise ValueError(f"width={width} height={height} num_frames={frames}")
         except (KeyError, ValueError, TypeError) as exc:
             self._skip("bad_metadata", key, f"metadata unusable ({type(exc).__name__}: {exc})")
+            return None
+        if meta.get("split") == "val":  # held out for evaluation (ingest.split): never trained on, not a bad sample
+            self._events["held_out"] += 1
             return None
         if frames < frames_needed(self.spec.frames.min, self.spec.data.frame_stride):
             self._skip("too_short", key, f"{frames} frames, the stage needs at least {self.spec.frames.min}")

@@ -5,7 +5,7 @@ Ingest writes it; caption and train read it. Layout under a dataset root
 
     shards/<shard>.tar                  WebDataset shard: <key>.mp4, <key>.json, <key>.txt
     shards/<shard>.stats.json           per-shard counts, bytes, durations
-    manifest.parquet                    one row per accepted clip
+    manifest.parquet                    one row per accepted clip (its split: train / val)
     rejects.parquet                     one row per rejected input, with a reason code
     ingest.json                         run summary: config fingerprint, counts
     captions/<version>/version.json     what produced the caption set (model, prompt, sampling)
@@ -39,8 +39,9 @@ Source = Literal["droplet", "openvid", "ultravideo", "manifest"]
 SOURCES: tuple[str, ...] = ("droplet", "openvid", "ultravideo", "manifest")
 
 MANIFEST_COLUMNS = (
-    "key", "shard", "source", "source_id", "width", "height", "fps", "frames", "duration", "codec", "sha256",
+    "key", "shard", "source", "source_id", "width", "height", "fps", "frames", "duration", "codec", "sha256", "split",
 )  # fmt: skip
+SPLITS = ("train", "val")
 REJECT_COLUMNS = ("source", "source_id", "path", "reason", "detail")
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -65,6 +66,17 @@ class ClipMetadata(BaseModel):
     caption: str = ""
     captions: dict[str, str] = Field(default_factory=dict)
     scores: dict[str, float] = Field(default_factory=dict)
+    split: Literal["train", "val"] = "train"
+    """Held-out split (``split_of``); shards written before splits existed read as train."""
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """``val`` for a stable ``val_fraction`` of keys, else ``train``: a hash of the key alone, so the same clip
+    lands in the same split on every run, machine and ingest order (adding clips moves none)."""
+    if val_fraction <= 0:
+        return "train"
+    point = int.from_bytes(hashlib.sha256(f"split|{key}".encode("utf-8")).digest()[:8], "big") / 2**64
+    return "val" if point < val_fraction else "train"
 
 
 def sample_key(source: str, source_id: str, clip_start_s: float | None = None, clip_end_s: float | None = None) -> str:

@@ -160,3 +160,37 @@ def test_a_storage_failure_in_a_worker_fails_the_job_naming_it(ray_local, tmp_pa
     spec = InputSpec(source="manifest", metadata=str(tmp_path / "m.csv"), videos="s3://unused")
     with pytest.raises(StorageError, match=r"1 input\(s\) could not be read; first: s3://not a bucket/clip.mp4"):
         run_ingest(ingest_config(tmp_path / "work"), inputs=[spec], output=str(tmp_path / "out"))
+
+
+def test_held_out_split_is_recorded_in_json_and_manifest_and_rewrites_only_shards_it_touches(
+        ingested_dataset, sample_corpus, tmp_path):
+    import hashlib
+
+    import webdataset as wds
+
+    storage = Storage()
+    root = tmp_path / "dataset"
+    shutil.copytree(ingested_dataset, root)
+    before = storage.read_parquet(layout.manifest_uri(str(root)))
+    assert set(before["split"]) == {"train"}  # the default holds nothing out
+
+    fraction = 0.4
+    result = run_ingest(ingest_config(tmp_path / "work", f"ingest.split.val_fraction={fraction}"),
+                        inputs=corpus_inputs(sample_corpus), output=str(root))
+    manifest = storage.read_parquet(layout.manifest_uri(str(root))).set_index("key")
+
+    def by_hand(key: str) -> str:
+        return "val" if int(hashlib.sha256(f"split|{key}".encode()).hexdigest()[:16], 16) / 2**64 < fraction else "train"
+
+    assert {k: by_hand(k) for k in manifest.index} == manifest["split"].to_dict()
+    assert 0 < (manifest["split"] == "val").sum() < len(manifest)
+    seen = {}
+    for sample in wds.WebDataset(layout.list_shards(storage, str(root)), shardshuffle=False):
+        seen[sample["__key__"]] = json.loads(sample["json"])["split"]
+    assert seen == manifest["split"].to_dict()
+    # shards holding no val clip kept their digests: not rewritten
+    touched = set(manifest.loc[manifest["split"] == "val", "shard"])
+    assert (result.shards_written, result.shards_skipped) == (len(touched), manifest["shard"].nunique() - len(touched))
+    again = run_ingest(ingest_config(tmp_path / "work", f"ingest.split.val_fraction={fraction}"),
+                       inputs=corpus_inputs(sample_corpus), output=str(root))
+    assert again.shards_written == 0

@@ -186,3 +186,25 @@ def test_reads_shards_from_s3(reader_dataset, s3_bucket, s3_storage):
 def test_missing_shards_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no WebDataset shards"):
         find_shards(Storage(), str(tmp_path))
+
+
+def test_val_clips_are_held_out_and_counted_apart_from_bad_samples(reader_dataset, tmp_path):
+    import json
+
+    from tests.pipelines.train.conftest import write_shard
+
+    root = tmp_path / "with-val"
+    (root / "shards").mkdir(parents=True)
+    members = shard_members(reader_dataset / "shards" / "droplet-000000.tar")
+    held = sorted(members)[1]
+    samples = {}
+    for key, files in members.items():
+        files = dict(files)
+        if key == held:
+            files["json"] = json.dumps({**json.loads(files["json"]), "split": "val"}).encode()
+        samples[key] = files
+    write_shard(root / "shards" / "droplet-000000.tar", samples)
+    batches, tracker = read_all(spec_for(root, batch=1))
+    keys = {k for b in batches for k in b["keys"]}
+    assert keys == set(members) - {held}
+    assert tracker.events["held_out"] == 1 and not tracker.skipped()
