@@ -77,17 +77,30 @@ def encode_tiles(model: "PyraTok", source: Source, shape: tuple[int, int, int, i
 
 @torch.no_grad()
 def latents_from_ids(model: "PyraTok", ids: list[torch.Tensor], plan: TilePlan) -> torch.Tensor:
-    """Fused decoder latents from stored token ids, one latent chunk at a time (the fusion is cell-local)."""
-    grids = model.lapq.grids
+    """Fused decoder latents from stored token ids, one latent chunk x one strip of latent rows at a time.
+
+    The fusion is local to a latent cell, so strips (one tile high) give the same latents as whole frames,
+    while the finest level's embeddings (stride 4: 2 M cells per 8K frame) never exist for a whole frame.
+    """
+    grids, latent = model.lapq.grids, model.backbone.latent_grid
     device = model.device
-    outs = []
-    for j0, j1 in plan.latent_chunks(ids[-1].shape[1]):
-        parts = []
-        for grid, level, level_ids in zip(grids, model.lapq.levels, ids):
-            t0, t1 = fine_frame_range(j0, j1, grid.ratio_to(grids[-1])[0])
-            parts.append(level.embed_ids(level_ids[:, t0:t1].to(device)))
-        outs.append(model.fusion(parts, first=j0 == 0).float().cpu())
-    return torch.cat(outs, dim=2)
+    factors = [g.ratio_to(latent)[1] for g in grids]  # level cells per latent cell, per side
+    batch, frames = ids[-1].shape[:2]
+    rows, cols = ids[0].shape[2] // factors[0], ids[0].shape[3] // factors[0]
+    strip = max(1, plan.tile * plan.cell // latent.stride)
+    out = None
+    for j0, j1 in plan.latent_chunks(frames):
+        for r0 in range(0, rows, strip):
+            r1 = min(rows, r0 + strip)
+            parts = []
+            for grid, level, level_ids, f in zip(grids, model.lapq.levels, ids, factors):
+                t0, t1 = fine_frame_range(j0, j1, grid.ratio_to(grids[-1])[0])
+                parts.append(level.embed_ids(level_ids[:, t0:t1, r0 * f : r1 * f].to(device)))
+            piece = model.fusion(parts, first=j0 == 0).float().cpu()
+            if out is None:
+                out = torch.empty(batch, piece.shape[1], frames, rows, cols)
+            out[:, :, j0:j1, r0:r1] = piece
+    return out
 
 
 @torch.no_grad()

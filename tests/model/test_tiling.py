@@ -142,3 +142,20 @@ def test_decoder_halo_from_the_tails_reach_is_exact_and_a_small_one_is_not(tiny2
     want = full[..., 13 * 16 : 17 * 16]
     assert (middle(decoder_halo_cells(vae.decoder)) - want).abs().max() < 1e-5
     assert (middle(2) - want).abs().max() > 1e-3
+
+
+def test_latents_from_ids_in_strips_equal_the_whole_frame_fusion(tiny22):
+    """Decode fuses token ids into latents one latent chunk x one strip of latent rows at a time (the 8K frame's
+    finest level is never embedded whole); the fusion is cell-local, so every strip size gives the same latents."""
+    from pyratok.model.streaming import latents_from_ids
+    from pyratok.model.tile_plan import plan_for
+
+    torch.manual_seed(0)
+    frames, height, width = 9, 80, 48
+    ids = [torch.randint(0, 2**16, (2, *g.shape(frames, height, width)), dtype=torch.int32) for g in tiny22.lapq.grids]
+    with torch.no_grad():
+        whole = tiny22.fuse([level.long() for level in ids]).float()
+        for tile in (16, 32, 512):  # strips of 1 and 2 latent rows (5 rows: uneven), and one strip
+            strips = latents_from_ids(tiny22, ids, plan_for(tiny22, tile=tile))
+            assert strips.shape == whole.shape
+            assert (strips - whole).abs().max() < 1e-5, tile
