@@ -304,8 +304,9 @@ class PyraTok(nn.Module):
         lc = self.config.losses
         lpips_idx, dino_idx = self._sample_indices(video.shape[2])
         wanted = sorted({int(k) for idx in (lpips_idx, dino_idx) if idx is not None for k in idx})
+        anchor = self.anchor_plan(video.shape)
         out = bounded_forward(self, video, temb, mask=mask, want_ar=lc.ar.enabled, sample_frames=tuple(wanted),
-                              keep_recon=keep_recon, anchor=self.anchor_plan(video.shape))
+                              keep_recon=keep_recon, anchor=anchor)
         terms = dict(out.terms)
         stats.update(out.stats)
         if lc.text_align.enabled:
@@ -317,7 +318,7 @@ class PyraTok(nn.Module):
         terms.update(self._frame_terms(lambda idx: torch.stack([out.sampled[int(k)] for k in idx], dim=2), video,
                                        lpips_idx, dino_idx))
         if self.anchor is not None:
-            self._add_drift(terms, self._anchor_loss(out.anchor_sums, video))
+            self._add_drift(terms, self._anchor_loss(out.anchor_sums, video, anchor))
         return _ordered(terms), out.recon, out.ids
 
     def _untiled_terms(self, video, temb, mask, stats):
@@ -356,7 +357,7 @@ class PyraTok(nn.Module):
             plan = self.anchor_plan(video.shape)
             sums = [DinoAnchor.patch_sums(tap, plan.frames, grid, 0, rows, cols, 0, 0)
                     for tap, grid, (rows, cols) in zip(taps, self.lapq.grids, plan.memberships)]
-            self._add_drift(terms, self._anchor_loss(sums, video))
+            self._add_drift(terms, self._anchor_loss(sums, video, plan))
         lpips_idx, dino_idx = self._sample_indices(video.shape[2])
         terms.update(self._frame_terms(lambda idx: recon.index_select(2, idx.to(recon.device)), video, lpips_idx, dino_idx))
         stats["psnr"] = psnr(recon.detach(), video)
@@ -366,8 +367,7 @@ class PyraTok(nn.Module):
         """The DINO anchor's frames and tap-cell-to-patch memberships for a (B, 3, T, H, W) clip (None: no anchor)."""
         return None if self.anchor is None else anchor_plan(self.dino, list(self.lapq.grids), shape)
 
-    def _anchor_loss(self, sums: list[torch.Tensor], video: torch.Tensor) -> torch.Tensor:
-        plan = self.anchor_plan(video.shape)
+    def _anchor_loss(self, sums: list[torch.Tensor], video: torch.Tensor, plan: AnchorPlan) -> torch.Tensor:
         idx = torch.tensor(plan.frames, device=video.device)
         with torch.no_grad():
             target = self.dino.patch_tokens(frames_of(to_pixels(video.index_select(2, idx), self.pixel_dtype)))
