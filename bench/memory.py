@@ -11,7 +11,7 @@ step also runs, so the time ratios compare warm steps; a 5x64² clip elsewhere).
 step time comes from a second run under glibc's default malloc (see the mmap threshold below):
 
 - ``untiled``: the plain forward through diffusers' own encode/decode loops;
-- ``tiled-default``: the model's default plan (512 px tiles, 1 latent frame per chunk, nesting when
+- ``tiled-default``: the model's default plan (512 px tiles, time_chunk auto, nesting when
   the border caches pass ``nested_above_gb``): for clips up to 512 px only time is chunked, so the
   extra time is the recompute alone;
 - ``tiled-nested``: the same with nested checkpointing forced on (groups of ~sqrt(chunks) chunks);
@@ -103,8 +103,8 @@ def worker(spec: dict) -> dict:
     from pyratok.model.bounded import resolve_nested
     from pyratok.model.tile_plan import plan_for
 
-    plan = plan_for(model)
     frames, height, width = spec["size"]
+    plan = plan_for(model, clip=(height, width))
     # the loader's uint8 frames, as the training loop feeds them (the tiled forward converts a crop at a time)
     video = torch.randint(0, 256, (1, 3, frames, height, width), generator=torch.Generator().manual_seed(1),
                           dtype=torch.uint8).to(device)

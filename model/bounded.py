@@ -340,7 +340,7 @@ def bounded_forward(model: "PyraTok", video: torch.Tensor, text: "TextEmbedding 
                     want_ar: bool, sample_frames: tuple[int, ...], keep_recon: str = "all",
                     anchor=None) -> BoundedResult:
     cfg, lc = model.config, model.config.losses
-    plan = plan_for(model, tile=cfg.tiling.tile_for(*video.shape[-2:]))
+    plan = plan_for(model, tile=cfg.tiling.tile_for(*video.shape[-2:]), clip=video.shape[-2:])
     run = Runner(cfg.tiling.checkpoint)
     nested = Runner(cfg.tiling.checkpoint and resolve_nested(model, plan, video))
     b, _, frames, height, width = video.shape

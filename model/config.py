@@ -195,8 +195,12 @@ class TilingConfig(StrictModel):
     """Encoder context pixels around a tile. None: from the encoder's receptive field (exact taps)."""
     decoder_halo: int | None = None
     """Decoder context pixels around a tile (in the mid-block feature grid). None: from the decoder's receptive field."""
-    time_chunk: int = Field(1, ge=1)
-    """Latent frames per chunk (1 = the VAE's own chunk: frame 0, then 4 frames at a time)."""
+    time_chunk: int | Literal["auto"] = "auto"
+    """Latent frames per chunk (1 = the VAE's own chunk: frame 0, then 4 frames at a time).
+    auto: 1 for a clip at least one encoder crop (tile + 2 halos) in both sides; a smaller clip takes as many
+    latent frames per chunk as fit in the voxels of one full crop's 1-frame chunk. The bound on what a
+    region keeps stays the same, and small clips run in fewer regions (each has a fixed cost: its
+    checkpoint, the LaPQ levels and loss sums, the causal caches at its border)."""
     train_tiles: list[tuple[int, int]] = Field(default_factory=list)
     """Training tiles by clip size: ``[max longer side, tile]`` pairs, smallest first; a clip takes the first
     pair its longer side fits (else the last). Bigger clips keep more causal caches per tile, so they take
@@ -219,6 +223,7 @@ class TilingConfig(StrictModel):
             if max(height, width) <= side:
                 return tile
         return self.train_tiles[-1][1] if self.train_tiles else self.tile
+
     memory_budget_gb: float | None = Field(None, gt=0)
     """tokenize/reconstruct: refuse (with a message naming the clip) what would not fit this budget even tiled.
     None: the machine's available memory."""

@@ -50,6 +50,11 @@ def time_chunks(latent_frames: int, chunk: int) -> list[tuple[int, int]]:
     return [(j, min(j + chunk, latent_frames)) for j in range(0, latent_frames, chunk)]
 
 
+def auto_time_chunk(crop: int, height: int, width: int) -> int:
+    """Latent frames per chunk that keep a clip's region within the voxels of one full ``crop``² chunk of 1."""
+    return max(1, (crop * crop) // (min(height, crop) * min(width, crop)))
+
+
 def pixel_frames(j0: int, j1: int, frames_per_latent: int = 4) -> tuple[int, int]:
     return fine_frame_range(j0, j1, frames_per_latent)
 
@@ -100,8 +105,12 @@ class TilePlan:
         return len(self.encoder_tiles(height, width)) * len(self.chunks(frames))
 
 
-def plan_for(model: "PyraTok", cfg: "TilingConfig | None" = None, *, tile: int | None = None) -> TilePlan:
-    """The plan of ``model`` under ``cfg`` (default: the model's own ``tiling``); ``tile`` (px) overrides its tile."""
+def plan_for(model: "PyraTok", cfg: "TilingConfig | None" = None, *, tile: int | None = None,
+             clip: tuple[int, int] | None = None) -> TilePlan:
+    """The plan of ``model`` under ``cfg`` (default: the model's own ``tiling``); ``tile`` (px) overrides its tile.
+
+    ``clip`` (height, width) resolves ``time_chunk: auto`` (without it: 1 latent frame per chunk).
+    """
     from pyratok.model import vae_chunks
 
     cfg = cfg or model.config.tiling
@@ -120,6 +129,10 @@ def plan_for(model: "PyraTok", cfg: "TilingConfig | None" = None, *, tile: int |
     reach = vae_chunks.decoder_tail_reach(vae.decoder)
     decoder_halo = (vae_chunks.decoder_halo_cells(vae.decoder) if cfg.decoder_halo is None
                     else math.ceil(cfg.decoder_halo / latent.stride))
+    halo_cells = math.ceil(halo / cell)
+    chunk = cfg.time_chunk
+    if chunk == "auto":
+        chunk = 1 if clip is None else auto_time_chunk((tile_cells + 2 * halo_cells) * cell, *clip)
     return TilePlan(cell=cell, latent_stride=latent.stride, frames_per_latent=latent.frames_per_cell,
-                    tile=tile_cells, halo=math.ceil(halo / cell), decoder_tile=max(1, side // latent.stride),
-                    decoder_halo=decoder_halo, decoder_reach=reach, time_chunk=cfg.time_chunk)
+                    tile=tile_cells, halo=halo_cells, decoder_tile=max(1, side // latent.stride),
+                    decoder_halo=decoder_halo, decoder_reach=reach, time_chunk=chunk)

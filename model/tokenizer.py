@@ -193,7 +193,7 @@ class PyraTok(nn.Module):
             from pyratok.model.tile_plan import plan_for
 
             ids, _ = encode_tiles(self, tensor_source(video), (video.shape[0], frames, height, width), temb,
-                                  plan=plan_for(self, tile=tile), progress=progress)
+                                  plan=plan_for(self, tile=tile, clip=(height, width)), progress=progress)
             ids = [level.long().to(video.device) for level in ids]
         return TokenPyramid(ids, list(self.lapq.grids), (frames, height, width), self.lapq.code_bits)
 
@@ -208,8 +208,8 @@ class PyraTok(nn.Module):
         from pyratok.model.streaming import decode_tiles, latents_from_ids
         from pyratok.model.tile_plan import plan_for
 
-        plan = plan_for(self, tile=tile)
         frames, height, width = pyramid.video_shape
+        plan = plan_for(self, tile=tile, clip=(height, width))
         out = torch.empty(pyramid.levels[0].shape[0], 3, frames, height, width, device=self.device)
 
         def sink(pixels: torch.Tensor, t0: int, y0: int, x0: int) -> None:

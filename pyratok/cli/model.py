@@ -95,7 +95,7 @@ def _stored_clip(model, storage, video_path: str, max_frames: Optional[int], til
             echo(f"input {clip.source_frames}x{clip.source_size[0]}x{clip.source_size[1]} -> "
                  f"{store.frames}x{store.height}x{store.width} (frames 1+{model.temporal_multiple}k, "
                  f"sides multiples of {model.spatial_multiple})")
-        plan = plan_for(model, tile=tile)
+        plan = plan_for(model, tile=tile, clip=(store.height, store.width))
         shape = (1, store.frames, store.height, store.width)
         check_budget(model, plan, shape, name=video_path, decode=decode,
                      budget_gb=budget if budget is not None else model.config.tiling.memory_budget_gb)

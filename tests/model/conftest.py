@@ -15,7 +15,9 @@ def build(kind: str = "wan2.2", **overrides):
     from pyratok.model.config import ModelConfig
     from pyratok.model.tokenizer import PyraTok
 
-    cfg = ModelConfig.model_validate(deep_merge(tiny(kind).model_dump(), overrides))
+    # 1 latent frame per chunk: the tests' small clips would run as one region under time_chunk "auto"
+    base = deep_merge(tiny(kind).model_dump(), {"tiling": {"time_chunk": 1}})
+    cfg = ModelConfig.model_validate(deep_merge(base, overrides))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the LPIPS-off warning
         torch.manual_seed(0)

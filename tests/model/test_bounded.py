@@ -86,6 +86,7 @@ SETTINGS = [
     pytest.param(dict(tile=48, time_chunk=2), id="3-cell-tiles-chunk-2-of-3-latent-frames"),
     pytest.param(dict(tile=32, nested="always"), id="nested-tile-checkpoints"),
     pytest.param(dict(tile=32, checkpoint=False), id="no-checkpointing"),
+    pytest.param(dict(tile=512, time_chunk="auto"), id="auto-chunk-whole-clip-one-region"),
 ]
 
 

@@ -9,7 +9,7 @@ from pyratok.model.backbone import build_random_vae
 from pyratok.model.config import TilingConfig
 from pyratok.model.region import decoder_head, decoder_pixels, encoder_taps, interior_taps
 from pyratok.model.taps import TapCollector, default_tap_names
-from pyratok.model.tile_plan import Span, plan_for, spans
+from pyratok.model.tile_plan import Span, auto_time_chunk, plan_for, spans
 from pyratok.model.vae_chunks import (
     blocks_through, decoder_halo_cells, encoder_halo, encoder_receptive_field, new_cache,
 )
@@ -115,6 +115,25 @@ def test_time_chunked_taps_equal_the_vae_loop(tiny22):
             pieces.append(interior_taps(tiny22, taps, whole_rows, whole_cols))
         for i, want in enumerate(expected):
             assert torch.allclose(torch.cat([p[i] for p in pieces], 2), want, atol=1e-6), (chunk, i)
+
+
+def test_auto_time_chunk_fills_the_voxels_of_one_full_crop():
+    """Hand-computed: an 832 px crop (512 px tile + 2 x 160 px halo) holds 832² x 4 voxels per 1-frame chunk."""
+    assert auto_time_chunk(832, 1080, 1920) == 1  # at least one crop in both sides: 1 latent frame
+    assert auto_time_chunk(832, 512, 512) == 2  # 832² / 512² = 2.64
+    assert auto_time_chunk(832, 256, 256) == 10  # 10.56
+    assert auto_time_chunk(832, 256, 2048) == 3  # 832² / (256 * 832) = 3.25: only the short side is below a crop
+    assert auto_time_chunk(832, 64, 64) == 169
+
+
+def test_auto_time_chunk_in_the_plan(tiny22):
+    fixed = plan_for(tiny22, TilingConfig(tile=32, time_chunk=1))
+    crop = (fixed.tile + 2 * fixed.halo) * fixed.cell
+    small = plan_for(tiny22, TilingConfig(tile=32, time_chunk="auto"), clip=(32, 48))
+    assert small.time_chunk == crop * crop // (min(32, crop) * min(48, crop)) > 1
+    assert small.chunks(13) == [(0, 4)]  # 4 latent frames in one region
+    assert plan_for(tiny22, TilingConfig(tile=32, time_chunk="auto"), clip=(crop, 4 * crop)).time_chunk == 1
+    assert plan_for(tiny22, TilingConfig(tile=32, time_chunk="auto")).time_chunk == 1  # no clip: the VAE's own chunk
 
 
 def test_tiled_decode_equals_untiled_by_value(tiny22):
