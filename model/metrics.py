@@ -46,6 +46,12 @@ class CodebookUtilisation:
             codes, counts = torch.unique(level.detach().flatten().long().cpu(), return_counts=True)
             self.counts[i] = self._add(self.counts[i], (codes, counts))
 
+    def update_counts(self, per_level: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Already counted ids: one ``(codes, counts)`` per level (e.g. a clip's histogram from an eval worker)."""
+        if len(per_level) != len(self.counts):
+            raise ValueError(f"expected counts for {len(self.counts)} levels, got {len(per_level)}")
+        self.counts = [self._add(a, (c.long(), n.long())) for a, (c, n) in zip(self.counts, per_level)]
+
     def merge(self, other: "CodebookUtilisation") -> "CodebookUtilisation":
         if (other.code_bits, len(other.counts)) != (self.code_bits, len(self.counts)):
             raise ValueError("cannot merge codebook utilisation of different codebooks or level counts")

@@ -18,6 +18,7 @@ from pyratok.core.storage import StorageConfig
 from pyratok.core.tracking import TrackingConfig
 from pyratok.model.config import ModelConfig
 from pyratok.pipelines.caption.config import CaptionConfig
+from pyratok.pipelines.eval.config import EvalConfig
 from pyratok.pipelines.ingest.config import IngestConfig
 from pyratok.pipelines.train.config import TrainConfig
 from pyratok.workflow.config import PipelineConfig
@@ -35,6 +36,7 @@ class PyratokConfig(StrictModel):
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
 

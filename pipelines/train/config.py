@@ -212,6 +212,27 @@ class FailureSection(StrictModel):
     """Worker-group restarts Ray Train attempts (from the last checkpoint); -1: unlimited."""
 
 
+class VaeWarmupSection(StrictModel):
+    """A short plain-autoencoder training of a *random* backbone VAE before stage 1 (stage ``vae-warmup``).
+
+    Only for presets without VAE weights (the embedded default's tiny random Wan VAE): PyraTok keeps its
+    VAE frozen, and a random frozen encoder carries too little of the clip for anything on top of it to
+    learn (val PSNR stays ~8-9 dB). A real preset loads the pretrained Wan VAE and leaves this off.
+    """
+
+    steps: int = Field(0, ge=0)
+    """0: off."""
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(4, ge=1)
+    frames: list[int] = Field(default_factory=lambda: [5, 9])
+    sides: list[int] = Field(default_factory=lambda: [32, 48])
+    """Each step draws its frames and its height and width from these: the VAE's mid-block attention spans the
+    frame, so a VAE warmed up at one size does not reconstruct at another (use the training stages' sizes)."""
+    max_clips: int = Field(256, ge=1)
+    num_cpus: float = Field(2.0, gt=0)
+    """CPUs of the Ray task that trains it (its torch threads)."""
+
+
 class TrainConfig(StrictModel):
     stage: StageNumber | None = None
     """Set by the stage overlay; None until a stage is chosen."""
@@ -229,6 +250,7 @@ class TrainConfig(StrictModel):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     tracking: TrackingCadence = Field(default_factory=TrackingCadence)
     failure: FailureSection = Field(default_factory=FailureSection)
+    vae_warmup: VaeWarmupSection = Field(default_factory=VaeWarmupSection)
 
     def current(self) -> StageSection:
         if self.stage is None:

@@ -40,6 +40,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [  # in the order a user meets them
     ("ingest", "pyratok.cli.ingest:ingest"),
     ("caption", "pyratok.cli.caption:app"),
     ("train", "pyratok.cli.train:train"),
+    ("eval", "pyratok.cli.eval:eval_cmd"),
     ("model", "pyratok.cli.model:model_app"),
     ("tokenize", "pyratok.cli.model:tokenize"),
     ("reconstruct", "pyratok.cli.model:reconstruct"),

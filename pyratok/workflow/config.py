@@ -11,7 +11,8 @@ from pydantic import Field, field_validator
 
 from pyratok.core.config import StrictModel
 
-STAGE_ORDER = ("sample-data", "ingest", "caption", "train1", "train2", "train3")
+STAGE_ORDER = ("sample-data", "ingest", "caption", "vae-warmup", "train1", "eval1", "train2", "eval2", "train3", "eval")
+"""vae-warmup runs only with ``train.vae_warmup.steps`` > 0, eval1/eval2 only with ``eval.after_each_stage``."""
 
 
 class PipelineConfig(StrictModel):

@@ -1,7 +1,7 @@
 """The whole pipeline on the embedded default with the tiny presets: the real stages, end to end.
 
 One pipeline is built once for the module (sample-data -> ingest -> caption ->
-train 1..3) and then rerun, reconfigured and interrupted; each test states
+vae-warmup -> train 1..3 -> eval) and then rerun, reconfigured and interrupted; each test states
 what must and must not have run again by comparing the state's records.
 """
 
@@ -24,11 +24,11 @@ from pyratok.workflow.stages import pipeline_stages
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-STAGES = ["sample-data", "ingest", "caption", "train1", "train2", "train3"]
+STAGES = ["sample-data", "ingest", "caption", "vae-warmup", "train1", "train2", "train3", "eval"]
 # Small enough for CI, big enough that a killed run has a checkpoint to resume from.
 FAST = [
     "train.stages.stage1.steps=4", "train.stages.stage2.steps=6", "train.stages.stage3.steps=4",
-    "train.checkpoint.every_n_steps=2", "train.tracking.sample_every_n_steps=2",
+    "train.checkpoint.every_n_steps=2", "train.tracking.sample_every_n_steps=2", "train.vae_warmup.steps=5",
 ]  # fmt: skip
 
 
@@ -73,8 +73,19 @@ def test_full_pipeline_completes_and_lineage_traces_a_checkpoint_to_its_data(bui
     assert ingest.data.tags["pyratok.output.dataset"] == state.stages["ingest"].outputs["dataset"]
     # Every stage run is nested under this invocation's pipeline run.
     parent = state.pipeline_runs[-1]
-    for name in ("ingest", "caption", "train1", "train2", "train3"):
+    for name in ("ingest", "caption", "vae-warmup", "train1", "train2", "train3", "eval"):
         assert client.get_run(state.stages[name].mlflow_run_id).data.tags["mlflow.parentRunId"] == parent
+    # The eval stage scored the final tokenizer on the val split, and the pipeline's run has its curve.
+    evaluated = client.get_run(state.stages["eval"].mlflow_run_id)
+    assert evaluated.data.tags["pyratok.eval.model"] == state.stages["train3"].outputs["model"]
+    assert evaluated.data.metrics["val/clips"] == 4 and evaluated.data.metrics["val/failed"] == 0
+    assert {"val/psnr", "val/ssim", "val/vae_psnr", "val/untrained_psnr", "val/codebook/all/utilisation",
+            "val/retrieval/t2v/R_at_1"} <= set(evaluated.data.metrics)
+    curve = client.get_metric_history(parent, "eval/psnr")
+    assert [(m.step, m.value) for m in curve] == [(3, evaluated.data.metrics["val/psnr"])]
+    # every training stage starts from the warmed-up VAE
+    warmed = state.stages["vae-warmup"].outputs["vae"]
+    assert train1.data.params["model.backbone.path"] == warmed
 
 
 def test_second_run_skips_everything(built):
@@ -102,8 +113,20 @@ def test_a_config_change_reruns_exactly_the_affected_stages(built):
     changed.run()
     after = snapshot(changed)
     rerun = sorted(k for k in after if after[k] != before[k])
-    assert rerun == ["train3"]
+    assert rerun == ["eval", "train3"]  # the eval of the new model too
     assert changed.load().stages["train3"].outputs["steps"] == "2"
+
+
+def test_an_eval_setting_reruns_only_the_eval(built):
+    runner_for(built, "train.stages.stage3.steps=2").run()  # what the last test left (no-op when it ran)
+    before = snapshot(runner_for(built, "train.stages.stage3.steps=2"))
+    changed = runner_for(built, "train.stages.stage3.steps=2", "eval.max_clips=2")
+    changed.run()
+    after = snapshot(changed)
+    assert sorted(k for k in after if after[k] != before[k]) == ["eval"]
+    configure(changed.config.tracking, changed.config.work_dir)
+    run = mlflow.MlflowClient().get_run(changed.load().stages["eval"].mlflow_run_id)
+    assert run.data.metrics["val/clips"] == 2
 
 
 def test_an_interrupted_pipeline_resumes_at_the_interrupted_stage(built):
@@ -137,8 +160,8 @@ def test_an_interrupted_pipeline_resumes_at_the_interrupted_stage(built):
     runner.run()
     after = snapshot(runner)
     state = runner.load()
-    assert {k: after[k] for k in ("sample-data", "ingest", "caption", "train1")} == {
-        k: before[k] for k in ("sample-data", "ingest", "caption", "train1")
+    assert {k: after[k] for k in ("sample-data", "ingest", "caption", "vae-warmup", "train1")} == {
+        k: before[k] for k in ("sample-data", "ingest", "caption", "vae-warmup", "train1")
     }
     assert state.stages["train2"].status == "completed" and state.stages["train2"].attempts >= 2
     assert state.stages["train2"].outputs["steps"] == "8"

@@ -15,7 +15,9 @@ from pyratok.core.storage import Storage
 def ingest_config(work: Path, *overrides: str, tracking: bool = False):
     from pyratok.config import load
 
-    return load(overrides=[f"work_dir={work}", f"tracking.enabled={str(tracking).lower()}", *overrides])
+    # no val split unless a test asks (the shared ingested_dataset has none either, so reruns over it match)
+    return load(overrides=[f"work_dir={work}", f"tracking.enabled={str(tracking).lower()}", "ingest.split.val_fraction=0",
+                           *overrides])
 
 
 def corpus_inputs(corpus: Path, storage: Storage | None = None, base: str | None = None):

@@ -172,7 +172,7 @@ def test_held_out_split_is_recorded_in_json_and_manifest_and_rewrites_only_shard
     root = tmp_path / "dataset"
     shutil.copytree(ingested_dataset, root)
     before = storage.read_parquet(layout.manifest_uri(str(root)))
-    assert set(before["split"]) == {"train"}  # the default holds nothing out
+    assert set(before["split"]) == {"train"}  # the shared fixture holds nothing out
 
     fraction = 0.4
     result = run_ingest(ingest_config(tmp_path / "work", f"ingest.split.val_fraction={fraction}"),

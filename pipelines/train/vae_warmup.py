@@ -1,0 +1,117 @@
+"""The ``vae-warmup`` stage: train a random backbone VAE as a plain autoencoder, then freeze it for PyraTok.
+
+The embedded default has no Wan VAE weights offline, and PyraTok trains on a frozen VAE (LoRA on
+its encoder). A frozen *random* encoder passes too little of a clip for LaPQ and the decoder to
+learn from, so the tiny preset first gets what the real preset downloads: a VAE that
+reconstructs. Encoder and decoder train together on the train split's clips (L1, AdamW), and the
+result is written as a diffusers ``AutoencoderKLWan`` folder that ``model.backbone.path`` then names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from pyratok.core.dataset import list_shards
+from pyratok.core.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WarmupResult:
+    vae_uri: str
+    steps: int
+    clips: int
+    final_l1: float
+    train_psnr: float
+    wall_s: float
+
+
+def train_clips(storage: Storage, root: str, *, frames: int, sides: list[int], max_clips: int) -> dict:
+    """(height, width) -> up to ``max_clips`` train-split clips, two windows each, (N, 3, frames, H, W) in [-1, 1]."""
+    videos = _train_videos(storage, root, max_clips)
+    return {(h, w): _decoded(videos, frames, h, w) for h in sides for w in sides}
+
+
+def _decoded(videos: list[tuple[str, bytes]], frames: int, height: int, width: int) -> torch.Tensor:
+    from pyratok.pipelines.train.buckets import Geometry
+    from pyratok.pipelines.train.decode import ClipDecodeError, decode_clip
+
+    geometry, out = Geometry(frames, height, width), []
+    for key, data in videos:
+        for start in (0, frames):
+            try:
+                out.append(decode_clip(data, geometry, start=start, key=key))
+            except ClipDecodeError as exc:
+                log.warning("vae warm-up skips %s at %dx%dx%d: %s", key, frames, height, width, exc)
+    if not out:
+        raise ValueError(f"no train clip decodes at {frames}x{height}x{width} for the VAE warm-up")
+    return torch.from_numpy(np.stack(out)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+
+
+def _train_videos(storage: Storage, root: str, max_clips: int) -> list[tuple[str, bytes]]:
+    from pyratok.pipelines.caption.reader import sample_groups
+
+    out = []
+    for uri in list_shards(storage, root):
+        with storage.local_copy(uri) as path, tarfile.open(path) as tar:
+            for key, files in sorted(sample_groups(tar).items()):
+                if len(out) >= max_clips:
+                    return out
+                meta = json.loads(tar.extractfile(files["json"]).read()) if "json" in files else {}
+                video = next((files[e] for e in ("mp4", "webm", "mkv", "mov") if e in files), None)
+                if meta.get("split") != "val" and video is not None:
+                    out.append((key, tar.extractfile(video).read()))
+    if not out:
+        raise ValueError(f"{root}: no train clips to warm the VAE up on")
+    return out
+
+
+def warm_up_vae(cfg, *, data: str, out: str) -> WarmupResult:
+    """Train ``cfg.model.backbone``'s random VAE on ``data``'s train clips; write it to ``out``."""
+    from pyratok.model.backbone import build_random_vae
+
+    backbone, wcfg = cfg.model.backbone, cfg.train.vae_warmup
+    if backbone.path:
+        raise ValueError(f"train.vae_warmup is for a random backbone VAE, but model.backbone.path={backbone.path!r} "
+                         "is set: a pretrained VAE needs no warm-up (set train.vae_warmup.steps=0)")
+    storage = Storage(cfg.storage)
+    torch.set_num_threads(max(1, int(wcfg.num_cpus)))
+    clips = train_clips(storage, data, frames=max(wcfg.frames), sides=wcfg.sides, max_clips=wcfg.max_clips)
+    sizes = sorted(clips)
+    vae = build_random_vae(backbone.kind, backbone.arch, backbone.init_seed).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=wcfg.lr)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    started = last = time.perf_counter()
+    loss = torch.zeros(())
+    for step in range(1, wcfg.steps + 1):
+        pool = clips[sizes[int(torch.randint(0, len(sizes), (1,), generator=generator))]]
+        frames = wcfg.frames[int(torch.randint(0, len(wcfg.frames), (1,), generator=generator))]
+        batch = pool[torch.randint(0, len(pool), (wcfg.batch_size,), generator=generator), :, :frames]
+        recon = vae.decode(vae.encode(batch).latent_dist.mean).sample
+        loss = (recon - batch).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if time.perf_counter() - last > 10 or step == wcfg.steps:
+            log.info("vae warm-up step %d/%d: L1 %.4f (%.0fs)", step, wcfg.steps, float(loss), time.perf_counter() - started)
+            last = time.perf_counter()
+    vae.eval()
+    with torch.no_grad():  # on the train clips at each size
+        mse = torch.stack([((vae.decode(vae.encode(c[:8]).latent_dist.mean).sample.clamp(-1, 1) - c[:8]) / 2).pow(2).mean()
+                           for c in clips.values()]).mean()
+    with tempfile.TemporaryDirectory(prefix="pyratok-vae-") as tmp:
+        vae.save_pretrained(tmp)
+        storage.upload_dir(tmp, out)
+    result = WarmupResult(vae_uri=out, steps=wcfg.steps, clips=len(clips[sizes[0]]), final_l1=float(loss),
+                          train_psnr=float(-10 * torch.log10(mse)), wall_s=time.perf_counter() - started)
+    log.info("vae warm-up: %s", asdict(result))
+    return result

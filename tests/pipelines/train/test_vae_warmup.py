@@ -1,0 +1,37 @@
+"""The vae-warmup stage's trainer: a random backbone VAE that reconstructs the train clips better after it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyratok.config import load
+from pyratok.core.storage import Storage
+from pyratok.model.backbone import build_random_vae
+from pyratok.pipelines.train.vae_warmup import train_clips, warm_up_vae
+
+pytestmark = [pytest.mark.integration]
+
+
+def _l1(vae, clips) -> float:
+    with torch.no_grad():
+        return float((vae.decode(vae.encode(clips).latent_dist.mean).sample.clamp(-1, 1) - clips).abs().mean())
+
+
+def test_warm_up_lowers_the_reconstruction_error_and_writes_a_diffusers_vae(ingested_dataset, tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    cfg = load(overrides=[f"work_dir={tmp_path}", "train.vae_warmup.steps=40", "train.vae_warmup.num_cpus=1"])
+    result = warm_up_vae(cfg, data=ingested_dataset, out=str(tmp_path / "vae"))
+    backbone = cfg.model.backbone
+    clips = train_clips(Storage(), ingested_dataset, frames=5, sides=[32], max_clips=8)[(32, 32)]
+    before = _l1(build_random_vae(backbone.kind, backbone.arch, backbone.init_seed).eval(), clips)
+    after = _l1(AutoencoderKLWan.from_pretrained(str(tmp_path / "vae")).eval(), clips)
+    assert after < 0.92 * before, (before, after)  # 40 steps: ~12 % lower (400 in the local preset: ~19 dB)
+    assert result.steps == 40 and result.clips == 2 * 15  # two windows of every (train) clip
+
+
+def test_a_preset_with_vae_weights_needs_no_warm_up(ingested_dataset, tmp_path):
+    cfg = load(overrides=[f"work_dir={tmp_path}", "train.vae_warmup.steps=5", "model.backbone.path=/weights/vae"])
+    with pytest.raises(ValueError, match="pretrained VAE needs no warm-up"):
+        warm_up_vae(cfg, data=ingested_dataset, out=str(tmp_path / "vae"))
