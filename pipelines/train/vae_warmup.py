@@ -102,7 +102,7 @@ def warm_up_vae(cfg, *, data: str, out: str) -> WarmupResult:
         loss.backward()
         optimizer.step()
         if time.perf_counter() - last > 10 or step == wcfg.steps:
-            log.info("vae warm-up step %d/%d: L1 %.4f (%.0fs)", step, wcfg.steps, float(loss), time.perf_counter() - started)
+            log.info("vae warm-up step %d/%d: L1 %.4f (%.0fs)", step, wcfg.steps, loss.item(), time.perf_counter() - started)
             last = time.perf_counter()
     vae.eval()
     with torch.no_grad():  # on the train clips at each size
@@ -111,7 +111,7 @@ def warm_up_vae(cfg, *, data: str, out: str) -> WarmupResult:
     with tempfile.TemporaryDirectory(prefix="pyratok-vae-") as tmp:
         vae.save_pretrained(tmp)
         storage.upload_dir(tmp, out)
-    result = WarmupResult(vae_uri=out, steps=wcfg.steps, clips=len(clips[sizes[0]]), final_l1=float(loss),
+    result = WarmupResult(vae_uri=out, steps=wcfg.steps, clips=len(clips[sizes[0]]), final_l1=loss.item(),
                           train_psnr=float(-10 * torch.log10(mse)), wall_s=time.perf_counter() - started)
     log.info("vae warm-up: %s", asdict(result))
     return result

@@ -20,6 +20,13 @@ def _dataset_root(ctx: StageContext) -> str:
     return ctx.config.ingest.output or join(ctx.root, "dataset")
 
 
+def _dataset_and_captions(ctx: StageContext) -> tuple[str, str | None]:
+    """The dataset a training or eval stage reads, and its caption version when the pipeline captions."""
+    if "caption" in ctx.upstream:
+        return ctx.output_of("caption", "dataset"), ctx.output_of("caption", "caption_version")
+    return ctx.output_of("ingest", "dataset"), None
+
+
 # -- sample-data -------------------------------------------------------------
 def run_sample_data(ctx: StageContext) -> StageOutputs:
     from pyratok.pipelines.ingest.sample_data import INPUTS_FILE, write_sample_data
@@ -104,10 +111,7 @@ def _training_stage(stage: int):
         from pyratok.pipelines.train.checkpoint import latest_pointer_uri
         from pyratok.pipelines.train.runner import default_storage_path, run_training
 
-        if "caption" in ctx.upstream:
-            data, version = ctx.output_of("caption", "dataset"), ctx.output_of("caption", "caption_version")
-        else:
-            data, version = ctx.output_of("ingest", "dataset"), None
+        data, version = _dataset_and_captions(ctx)
         init_from = ctx.output_of(f"train{stage - 1}", "checkpoint") if stage > 1 else None
         cfg = _with_checkpoints_under_root(ctx)
         if "vae-warmup" in ctx.upstream:  # the warmed-up VAE is this preset's backbone from here on
@@ -167,10 +171,7 @@ def _eval_stage(after: int):
     def run(ctx: StageContext) -> StageOutputs:
         from pyratok.pipelines.eval.job import run_eval
 
-        if "caption" in ctx.upstream:
-            data, version = ctx.output_of("caption", "dataset"), ctx.output_of("caption", "caption_version")
-        else:
-            data, version = ctx.output_of("ingest", "dataset"), None
+        data, version = _dataset_and_captions(ctx)
         model = ctx.output_of(f"train{after}", "model")
         result = run_eval(ctx.config, model=model, data=data, caption_version=version, stage=after)  # logs its summary
         if result.clips == 0:
