@@ -12,8 +12,9 @@ step time comes from a second run under glibc's default malloc (see the mmap thr
 
 - ``untiled``: the plain forward through diffusers' own encode/decode loops;
 - ``tiled-default``: the model's default plan (512 px tiles, time_chunk auto, nesting when
-  the border caches pass ``nested_above_gb``): for clips up to 512 px only time is chunked, so the
-  extra time is the recompute alone;
+  the border caches pass ``nested_above_gb``): a clip narrower than one crop (tile + 2 halos) runs in
+  chunks of as many latent frames as fit one full crop's 1-frame chunk (the sizes here: one region), so
+  the extra time is the recompute alone;
 - ``tiled-nested``: the same with nested checkpointing forced on (groups of ~sqrt(chunks) chunks);
 - ``tiled-fixed``: a fixed ``--tile`` (default 128 px) with the exact halos, so the tile-chunk has the
   same size whatever the clip once the clip is wider than one crop (tile + 2 halos).

@@ -181,10 +181,13 @@ class PyraTok(nn.Module):
     # -- inference API ------------------------------------------------------------
     @torch.no_grad()
     def encode(self, video: torch.Tensor, text: list[str] | None = None, *, tile: int | None = None,
-               progress: bool = False) -> TokenPyramid:
-        """Video (B, 3, T, H, W) in [-1, 1] -> TokenPyramid. ``tile`` (pixels): tiled and time-chunked, same tokens."""
+               progress: bool = False, embedding: TextEmbedding | None = None) -> TokenPyramid:
+        """Video (B, 3, T, H, W) in [-1, 1] -> TokenPyramid. ``tile`` (pixels): tiled and time-chunked, same tokens.
+
+        ``embedding``: ``text`` already embedded (``embed_text``), for a caller that needs it too.
+        """
         self.check_video(video)
-        temb = self.embed_text(text, video.shape[0])
+        temb = embedding if embedding is not None else self.embed_text(text, video.shape[0])
         frames, height, width = video.shape[2:]
         if tile is None:
             ids = self.quantize(video, temb)

@@ -28,7 +28,7 @@ from pyratok.core.dataset import manifest_uri, shard_uri
 from pyratok.core.storage import Storage
 from pyratok.pipelines.eval.config import EvalConfig
 from pyratok.pipelines.eval.metrics import frechet_distance, retrieval_recall, summarize
-from pyratok.pipelines.eval.worker import METRIC_COLUMNS, EvalWorker
+from pyratok.pipelines.eval.worker import METRIC_COLUMNS, EvalGeometryError, EvalWorker
 
 log = logging.getLogger(__name__)
 STAGE = "eval"
@@ -205,8 +205,6 @@ def run_eval(cfg, *, model: str, data: str, caption_version: str | None = None, 
 
 def _root_cause(exc: BaseException) -> BaseException:
     """An eval actor's own error (its constructor's, which Ray reports as ActorDiedError text) as itself."""
-    from pyratok.pipelines.eval.worker import EvalGeometryError
-
     seen = exc
     while getattr(seen, "cause", None) is not None and seen.cause is not seen:
         seen = seen.cause

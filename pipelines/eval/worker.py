@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pyratok.core.storage import Storage, StorageConfig
+from pyratok.model.pixels import to_pixels
 from pyratok.pipelines.eval.config import EvalConfig
 from pyratok.pipelines.eval.metrics import (
     bits_per_pixel, compression_ratio, lpips_per_clip, psnr_per_clip, ssim_per_clip,
@@ -124,9 +125,10 @@ class EvalWorker:
     @torch.no_grad()
     def _score(self, rows: list[dict], frames: np.ndarray) -> list[dict]:
         model, tile = self.model, self.cfg.tile
-        video = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).to(self.device).float() / 127.5 - 1  # the loader's formula
+        video = to_pixels(torch.from_numpy(frames).permute(0, 4, 1, 2, 3).to(self.device), torch.float32)
         captions = [r["caption"] for r in rows]
-        pyramid = model.encode(video, captions, tile=tile)
+        text = model.embed_text(captions, len(rows))  # for the tokens and for retrieval
+        pyramid = model.encode(video, embedding=text, tile=tile)
         recon = model.decode(pyramid, tile=tile).clamp(-1, 1)
         scores = {"psnr": psnr_per_clip(recon, video), "ssim": ssim_per_clip(recon, video)}
         if model.lpips is not None:
@@ -138,8 +140,7 @@ class EvalWorker:
             base = self.baseline.decode(self.baseline.encode(video, captions, tile=tile), tile=tile).clamp(-1, 1)
             scores.update(untrained_psnr=psnr_per_clip(base, video), untrained_ssim=ssim_per_clip(base, video))
         semantics = pooled_semantics(model, pyramid.levels).float().cpu().numpy()
-        text = model.embed_text(captions, len(rows))
-        text_pooled = text.pooled.float().cpu().numpy() if text is not None else None
+        text_pooled = text.pooled.float().cpu().numpy()
         real_feats = fake_feats = None
         if self.extractor is not None:
             real_feats, fake_feats = self.extractor(video), self.extractor(recon)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ import torch
 
 from pyratok.core.dataset import list_shards
 from pyratok.core.storage import Storage
+from pyratok.model.pixels import to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +54,20 @@ def _decoded(videos: list[tuple[str, bytes]], frames: int, height: int, width: i
                 log.warning("vae warm-up skips %s at %dx%dx%d: %s", key, frames, height, width, exc)
     if not out:
         raise ValueError(f"no train clip decodes at {frames}x{height}x{width} for the VAE warm-up")
-    return torch.from_numpy(np.stack(out)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    return to_pixels(torch.from_numpy(np.stack(out)).permute(0, 4, 1, 2, 3), torch.float32)
 
 
 def _train_videos(storage: Storage, root: str, max_clips: int) -> list[tuple[str, bytes]]:
-    from pyratok.pipelines.caption.reader import sample_groups
+    from pyratok.core.dataset import shard_name
+    from pyratok.pipelines.caption.reader import shard_samples
 
     out = []
     for uri in list_shards(storage, root):
-        with storage.local_copy(uri) as path, tarfile.open(path) as tar:
-            for key, files in sorted(sample_groups(tar).items()):
-                if len(out) >= max_clips:
-                    return out
-                meta = json.loads(tar.extractfile(files["json"]).read()) if "json" in files else {}
-                video = next((files[e] for e in ("mp4", "webm", "mkv", "mov") if e in files), None)
-                if meta.get("split") != "val" and video is not None:
-                    out.append((key, tar.extractfile(video).read()))
+        for row in shard_samples({"shard": shard_name(uri), "uri": uri, "keys": []}, storage=storage):
+            if len(out) >= max_clips:
+                return out
+            if not row["error"] and json.loads(row["meta"] or "{}").get("split") != "val":
+                out.append((row["key"], row["video"]))
     if not out:
         raise ValueError(f"{root}: no train clips to warm the VAE up on")
     return out
