@@ -229,6 +229,8 @@ class VaeWarmupSection(StrictModel):
     """Each step draws its frames and its height and width from these: the VAE's mid-block attention spans the
     frame, so a VAE warmed up at one size does not reconstruct at another (use the training stages' sizes)."""
     max_clips: int = Field(256, ge=1)
+    windows: int = Field(4, ge=1)
+    """Consecutive windows of ``max(frames)`` taken from each clip (fewer when it is shorter)."""
     num_cpus: float = Field(2.0, gt=0)
     """CPUs of the Ray task that trains it (its torch threads)."""
 

@@ -35,23 +35,28 @@ class WarmupResult:
     wall_s: float
 
 
-def train_clips(storage: Storage, root: str, *, frames: int, sides: list[int], max_clips: int) -> dict:
-    """(height, width) -> up to ``max_clips`` train-split clips, two windows each, (N, 3, frames, H, W) in [-1, 1]."""
+def train_clips(storage: Storage, root: str, *, frames: int, sides: list[int], max_clips: int,
+                windows: int = 2) -> dict:
+    """(height, width) -> up to ``max_clips`` train-split clips, ``windows`` consecutive windows each,
+    (N, 3, frames, H, W) in [-1, 1]. The training reader draws any start in a clip: one or two windows
+    per clip leave a VAE that reconstructs those and little else."""
     videos = _train_videos(storage, root, max_clips)
-    return {(h, w): _decoded(videos, frames, h, w) for h in sides for w in sides}
+    return {(h, w): _decoded(videos, frames, h, w, windows) for h in sides for w in sides}
 
 
-def _decoded(videos: list[tuple[str, bytes]], frames: int, height: int, width: int) -> torch.Tensor:
+def _decoded(videos: list[tuple[str, bytes]], frames: int, height: int, width: int, windows: int) -> torch.Tensor:
     from pyratok.pipelines.train.buckets import Geometry
     from pyratok.pipelines.train.decode import ClipDecodeError, decode_clip
 
     geometry, out = Geometry(frames, height, width), []
     for key, data in videos:
-        for start in (0, frames):
+        for start in range(0, windows * frames, frames):
             try:
                 out.append(decode_clip(data, geometry, start=start, key=key))
             except ClipDecodeError as exc:
-                log.warning("vae warm-up skips %s at %dx%dx%d: %s", key, frames, height, width, exc)
+                if start == 0:  # later windows: the clip is just shorter than that
+                    log.warning("vae warm-up skips %s at %dx%dx%d: %s", key, frames, height, width, exc)
+                break
     if not out:
         raise ValueError(f"no train clip decodes at {frames}x{height}x{width} for the VAE warm-up")
     return to_pixels(torch.from_numpy(np.stack(out)).permute(0, 4, 1, 2, 3), torch.float32)
@@ -83,7 +88,8 @@ def warm_up_vae(cfg, *, data: str, out: str) -> WarmupResult:
                          "is set: a pretrained VAE needs no warm-up (set train.vae_warmup.steps=0)")
     storage = Storage(cfg.storage)
     torch.set_num_threads(max(1, int(wcfg.num_cpus)))
-    clips = train_clips(storage, data, frames=max(wcfg.frames), sides=wcfg.sides, max_clips=wcfg.max_clips)
+    clips = train_clips(storage, data, frames=max(wcfg.frames), sides=wcfg.sides, max_clips=wcfg.max_clips,
+                        windows=wcfg.windows)
     sizes = sorted(clips)
     vae = build_random_vae(backbone.kind, backbone.arch, backbone.init_seed).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=wcfg.lr)
