@@ -139,3 +139,18 @@ def test_lineage_is_queryable_through_mlflow(tmp_path):
     runner.run()
     again = client.get_run(runner.load().pipeline_runs[-1])
     assert again.data.tags["pyratok.stage.b"] == f"cached:{b.mlflow_run_id}"
+
+
+def test_the_default_stages_follow_the_config(tmp_path):
+    """eval after every training stage only when asked; vae-warmup only for a preset that warms its VAE up."""
+    from pyratok.workflow.stages import default_stages
+
+    def names(*overrides: str) -> list[str]:
+        cfg = load("local", [f"work_dir={tmp_path}", *overrides])
+        return [s.name for s in PipelineRunner(cfg, default_stages()).stages]
+
+    assert names() == ["sample-data", "ingest", "caption", "vae-warmup", "train1", "train2", "train3", "eval"]
+    assert names("eval.after_each_stage=true", "train.vae_warmup.steps=0") == [
+        "sample-data", "ingest", "caption", "train1", "eval1", "train2", "eval2", "train3", "eval"]
+    evals = {s.name: s for s in default_stages() if s.name.startswith("eval")}
+    assert {name: spec.after[-1] for name, spec in evals.items()} == {"eval1": "train1", "eval2": "train2", "eval": "train3"}

@@ -118,3 +118,24 @@ def test_i3d_torchscript_extractor_calls_the_standard_interface(tmp_path):
 def test_unknown_extractor_is_a_clear_error():
     with pytest.raises(ValueError, match="i3d or videomae"):
         load_extractor("clip:/somewhere", frames=4, size=16)
+
+
+def test_videomae_extractor_is_the_mean_token_of_the_imagenet_normalised_clip(tmp_path):
+    """A tiny random VideoMAE saved locally: features = mean last hidden state of the picked frames, by hand."""
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    torch.manual_seed(0)
+    config = VideoMAEConfig(image_size=16, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32,
+                            num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    VideoMAEModel(config).eval().save_pretrained(tmp_path / "videomae")
+    extract = load_extractor(f"videomae:{tmp_path / 'videomae'}", frames=4, size=16)
+    video = torch.rand(2, 3, 9, 16, 16) * 2 - 1  # already 16x16: the resize is the identity
+    picked = video[:, :, [0, 3, 5, 8]].transpose(1, 2)  # round(linspace(0, 8, 4)) = 0, 3, 5, 8
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 1, 3, 1, 1)
+    model = VideoMAEModel.from_pretrained(tmp_path / "videomae").eval()
+    with torch.no_grad():
+        expected = model(pixel_values=((picked + 1) / 2 - mean) / std).last_hidden_state.mean(1).double().numpy()
+    assert np.allclose(extract(video), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="eval.fvd.frames=4 eval.fvd.size=16"):
+        load_extractor(f"videomae:{tmp_path / 'videomae'}", frames=8, size=16)
