@@ -36,7 +36,7 @@ class WarmupResult:
 
 
 def train_clips(storage: Storage, root: str, *, frames: int, sides: list[int], max_clips: int,
-                windows: int = 2) -> dict:
+                windows: int) -> dict:
     """(height, width) -> up to ``max_clips`` train-split clips, ``windows`` consecutive windows each,
     (N, 3, frames, H, W) in [-1, 1]. The training reader draws any start in a clip: one or two windows
     per clip leave a VAE that reconstructs those and little else."""
