@@ -1,7 +1,7 @@
 """Convergence of the tiny model: eval scores on the val split at a few stage-1 checkpoints, against the
 untrained model and the VAE ceiling, in one run on the same data.
 
-    .venv/bin/python bench/convergence.py [--steps 100] [--every 25] [--work DIR]
+    .venv/bin/python bench/convergence.py [--steps 100] [--every 25] [--work DIR] [-s key=value ...]
 
 The real parts, as the embedded default runs them: the pipeline's ``sample-data``, ``ingest``,
 ``caption`` and ``vae-warmup`` stages (cached in ``--work``; rerun only when their config changes),
@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--every", type=int, default=25)
     parser.add_argument("--work", default=str(RESULTS / "convergence-work"))
+    parser.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override of the stage-1 training config (e.g. model.backbone.decoder=lora)")
     args = parser.parse_args()
 
     from pyratok.config import load
@@ -64,7 +66,7 @@ def main() -> None:
     data, vae = prepare(cfg)
     train_cfg = stage_config(cfg, 1, [f"model.backbone.path={vae}", f"train.stages.stage1.steps={args.steps}",
                                       f"train.checkpoint.every_n_steps={args.every}",
-                                      f"train.checkpoint.num_to_keep={args.steps // args.every + 2}"])
+                                      f"train.checkpoint.num_to_keep={args.steps // args.every + 2}", *args.set])
     start_dir = os.path.join(args.work, "bench-start-model")  # what stage 1 starts from, saved as a tokenizer
     if not os.path.isdir(start_dir):
         import torch

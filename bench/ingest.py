@@ -8,7 +8,8 @@ no re-encode needed) it times, on the same files and the same cores:
 * floor: ``ffprobe`` of every file (the same command ingest runs, one process per core) + a
   plain byte copy of every file — the least work any ingest must do;
 * ``pyratok ingest``: the real Ray Data job (probe, filter, plan, shard write, manifest), on a
-  local Ray started before timing (cold: fresh workers; warm: a second run with ``--overwrite``);
+  local Ray started before timing (cold: fresh workers; warm: a second run with ``--overwrite``), and once more
+  with the integrity checks off (what truncation/corruption checks and the content hash cost);
 * video2dataset 1.3.0 with its FFProbeSubsampler (probe + copy into WebDataset shards), run from
   its own venv ``bench/.venv-v2d`` if it exists (see bench/README.md; never installed into .venv).
 
@@ -130,11 +131,16 @@ def pyratok_ingest(table: Path, videos: Path, work: Path, cores: int) -> dict:
         f"work_dir={work / 'pyratok-work'}", "tracking.enabled=false",
         "ingest.shards.max_samples=64", "ingest.execution.probe_batch_size=16",
     ])  # fmt: skip
+    # The same job without the integrity checks (index vs bytes, decode of both ends, content hash):
+    # what they cost, measured beside the default.
+    unchecked = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={
+        "integrity": cfg.ingest.integrity.model_copy(update={"check_index": False, "decode_ends": False}),
+        "dedup": cfg.ingest.dedup.model_copy(update={"content": False})})})  # fmt: skip
     spec = [InputSpec(source="openvid", metadata=str(table), videos=str(videos))]
     out = work / "pyratok-out"
     runs = {}
-    for name in ("cold", "warm"):
-        result = run_ingest(cfg, inputs=spec, output=str(out), overwrite=True)
+    for name, run_cfg in (("cold", cfg), ("warm", cfg), ("warm_unchecked", unchecked)):
+        result = run_ingest(run_cfg, inputs=spec, output=str(out), overwrite=True)
         assert result.invariant_ok and result.rejected == 0, result.rejected_by_reason
         runs[name] = {"wall_s": result.wall_s, "timings_s": result.timings_s, "accepted": result.accepted,
                       "shards": len(result.shards), "bytes": result.bytes}  # fmt: skip
@@ -201,7 +207,8 @@ def main() -> None:
 
     rows = {"floor (ffprobe + byte copy)": rates(base["wall_s"]),
             "pyratok ingest, cold workers": rates(ours["cold"]["wall_s"]),
-            "pyratok ingest, warm workers": rates(ours["warm"]["wall_s"])}  # fmt: skip
+            "pyratok ingest, warm workers": rates(ours["warm"]["wall_s"]),
+            "pyratok ingest, warm, integrity checks off": rates(ours["warm_unchecked"]["wall_s"])}  # fmt: skip
     if peer:
         rows["video2dataset 1.3.0, whole call"] = rates(peer["wall_s"])
         rows["video2dataset 1.3.0, shard workers only"] = rates(peer["worker_s"])
@@ -211,6 +218,8 @@ def main() -> None:
     ratios = {
         "ingest_cold_over_floor": round(ours["cold"]["wall_s"] / base["wall_s"], 2),
         "ingest_warm_over_floor": round(ours["warm"]["wall_s"] / base["wall_s"], 2),
+        "ingest_unchecked_over_floor": round(ours["warm_unchecked"]["wall_s"] / base["wall_s"], 2),
+        "integrity_checks_cost": round(ours["warm"]["wall_s"] / ours["warm_unchecked"]["wall_s"], 2),
     }
     if peer:
         ratios["v2d_call_over_ingest_cold"] = round(peer["wall_s"] / ours["cold"]["wall_s"], 2)

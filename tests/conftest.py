@@ -120,3 +120,14 @@ def ingested_dataset(sample_corpus, ray_local, tmp_path_factory) -> str:
     result = run_ingest(cfg, inputs=inputs, output=str(work / "dataset"))
     assert result.invariant_ok and result.accepted > 0
     return result.output
+
+
+@pytest.fixture
+def s3_faults(s3_server):
+    """A fault-injecting proxy (``tests.s3_faults``) in front of the moto server: 15% of requests get
+    503 SlowDown or a reset connection, seeded. Point a client at ``.url``; ``.faults()`` counts
+    what it injected. ``.enabled = False`` passes everything through."""
+    from tests.s3_faults import FaultPlan, FaultProxy
+
+    with FaultProxy(s3_server, FaultPlan(seed=12, fraction=0.15)) as proxy:
+        yield proxy

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pyratok.core.decoding import stream_ends_early
 from pyratok.pipelines.caption.config import FrameSamplingConfig
 from pyratok.pipelines.caption.vision import VisionSpec, target_size
 
@@ -111,7 +112,7 @@ def decode_frame_sample(source: bytes | str | Path, cfg: FrameSamplingConfig, sp
         first_time: float | None = None
         quarter_turns = 0
         wanted_list = wanted.tolist()
-        cursor = 0
+        cursor, index = 0, -1
         try:
             for index, frame in enumerate(container.decode(stream)):
                 if first_time is None:
@@ -133,9 +134,12 @@ def decode_frame_sample(source: bytes | str | Path, cfg: FrameSamplingConfig, sp
         except av.FFmpegError as exc:
             if not frames:
                 raise DecodeError("undecodable", f"decoding failed: {exc}") from exc
-            # A damaged tail: keep what decoded; the caption describes the part we saw.
+            # A damaged clip is not captioned from the part that decoded: it is reported, by key.
+            raise DecodeError("corrupt", f"decoding failed after frame {index} of {total}: {exc}") from exc
         if not frames:
             raise DecodeError("undecodable", "no frame could be decoded")
+        if cursor < len(wanted_list) and stream_ends_early(index + 1, total):
+            raise DecodeError("corrupt", f"the stream ends after {index + 1} frames of the {total} its header lists")
     return FrameSample(
         frames=np.stack(frames),
         indices=np.asarray(indices, dtype=np.int64),

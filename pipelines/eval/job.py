@@ -118,14 +118,15 @@ def read_val_shard(task: dict, *, storage: Storage) -> Iterator[dict]:
 
     captions = task.get("captions") or {}
     for row in shard_samples({"shard": task["shard"], "uri": task["uri"], "keys": task["keys"]}, storage=storage):
+        try:
+            meta = json.loads(row["meta"]) if row["meta"] else {}
+        except ValueError:
+            meta = {}
         caption = captions.get(row["key"])
         if caption is None:
-            try:
-                caption = str(json.loads(row["meta"]).get("caption") or "") if row["meta"] else ""
-            except ValueError:
-                caption = ""
+            caption = str(meta.get("caption") or "")
         yield {"key": row["key"], "shard": row["shard"], "video": row["video"], "caption": caption,
-               "error": row["error"], "detail": row["detail"]}
+               "frames": int(meta.get("num_frames") or 0), "error": row["error"], "detail": row["detail"]}
 
 
 # -- the job --------------------------------------------------------------------------------------------------

@@ -109,7 +109,8 @@ class EvalWorker:
                    "error": str(batch["error"][i]), "detail": str(batch["detail"][i])}
             if not row["error"]:
                 try:
-                    frames = decode_clip(bytes(batch["video"][i]), self.geometry, key=row["key"])
+                    listed = int(batch["frames"][i]) if "frames" in batch else None
+                    frames = decode_clip(bytes(batch["video"][i]), self.geometry, key=row["key"], listed_frames=listed)
                     good.append((row, frames))
                     continue
                 except ClipDecodeError as exc:

@@ -93,9 +93,10 @@ def ffmpeg_args(
     """The ffmpeg command line (built with ffmpeg-python) that writes ``plan``'s clip to ``dest`` as mp4."""
     import ffmpeg
 
+    from pyratok.pipelines.ingest.video_access import http_input_options
+
     in_opts: dict = {}
-    if network_timeout_s and source.startswith(("http://", "https://")):
-        in_opts["rw_timeout"] = int(network_timeout_s * 1_000_000)
+    in_opts.update(http_input_options(source, network_timeout_s))  # I/O timeout + reconnects for S3 URLs
     if plan.mode in ("copy", "reencode") and (plan.start_s > 0 or plan.end_s < info.duration_s):
         in_opts.update(ss=f"{plan.start_s:.6f}", t=f"{plan.duration_s:.6f}")
     stream = ffmpeg.input(source, **in_opts)

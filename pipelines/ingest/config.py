@@ -125,6 +125,25 @@ class SplitConfig(StrictModel):
     """Share of clips held out as ``val`` (recorded in each sample's json and the manifest; training skips them)."""
 
 
+class IntegrityConfig(StrictModel):
+    """End-to-end checks that keep truncated and corrupt files out of the shards (``integrity.py``)."""
+
+    check_index: bool = True
+    """Probe stage: every box and sample an mp4's index points at lies inside the file (reads headers + moov)."""
+    decode_ends: bool = True
+    """Shard stage: decode each stored clip's first frames and last GOP (not the whole file)."""
+    head_frames: int = Field(2, ge=1)
+    """Frames decoded from the start of each stored clip (the window's first frames for cut clips)."""
+
+
+class DedupConfig(StrictModel):
+    """Exact duplicates: the same bytes (sha256 of the source file + the clip window) are kept once."""
+
+    content: bool = True
+    """Hash each source file in the probe stage; copies become ``duplicate`` rejects naming the kept key
+    (the smallest key of the group, so the result does not depend on which copy is met first)."""
+
+
 class ExecutionConfig(StrictModel):
     """How fast (not what): task sizes, threads and timeouts of the Ray Data job."""
 
@@ -158,4 +177,10 @@ class IngestConfig(StrictModel):
     cut: CutConfig = Field(default_factory=CutConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    allow_paths_outside_root: bool = False
+    """Metadata paths must resolve (after ``..`` and symlinks) inside the input's ``videos`` root; an
+    absolute path, a full URI or a path that escapes is an ``outside_root`` reject unless this is on.
+    A manifest is untrusted input on a shared cluster."""
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)

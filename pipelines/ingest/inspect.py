@@ -7,6 +7,7 @@ info and cut plan; nothing is lost, whatever the file holds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pyratok.core.storage import Storage, StorageError
 from pyratok.pipelines.ingest import filters, reasons
 from pyratok.pipelines.ingest.clip import ClipPlan, plan_clip
 from pyratok.pipelines.ingest.config import IngestConfig
+from pyratok.pipelines.ingest.integrity import check_index, is_iso_bmff
 from pyratok.pipelines.ingest.probe import ProbeError, VideoInfo, keyframes_near, probe
 from pyratok.pipelines.ingest.reasons import RejectError, Rejection
 from pyratok.pipelines.ingest.video_access import VideoAccess
@@ -48,6 +50,7 @@ class Inspector:
         """``{"status", "reason", "detail", "info", "plan", "est_bytes"}`` for one input row."""
         try:
             info, plan = self._probe_and_plan(row)
+            sha256 = self._content_sha256(row["video"]) if self.cfg.dedup.content else ""
         except RejectError as exc:
             return _rejected(exc.rejection)
         except StorageError as exc:  # the job's problem, not this row's: fail the job, naming it
@@ -62,6 +65,7 @@ class Inspector:
             "info": json.dumps(info.to_dict(), sort_keys=True),
             "plan": json.dumps(plan.to_dict(), sort_keys=True),
             "est_bytes": int(info.size_bytes * min(1.0, fraction)),
+            "sha256": sha256,
         }
 
     def _probe_and_plan(self, row: dict[str, Any]) -> tuple[VideoInfo, ClipPlan]:
@@ -82,6 +86,8 @@ class Inspector:
             rejection = filters.check_stream(info, self.cfg.filters)
             if rejection:
                 raise RejectError(*rejection)
+            if self.cfg.integrity.check_index and size is not None and is_iso_bmff(info.format_name):
+                check_index(lambda offset, length: self.storage.read_range(uri, offset, length), size, uri)
 
             def find_keyframes(at_s: float, tolerance_s: float) -> list[float]:
                 return keyframes_near(
@@ -101,8 +107,21 @@ class Inspector:
         return info, plan
 
 
+    def _content_sha256(self, uri: str) -> str:
+        """sha256 of the source file (streamed; the exact-duplicate check compares it with the window)."""
+        digest = hashlib.sha256()
+        with self.storage.open_read(uri) as stream:
+            while chunk := stream.read(HASH_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+HASH_CHUNK = 8 << 20
+
+
 def _rejected(rejection: Rejection) -> dict[str, Any]:
-    return {"status": REJECTED, "reason": rejection.reason, "detail": rejection.detail, "info": "", "plan": "", "est_bytes": 0}
+    return {"status": REJECTED, "reason": rejection.reason, "detail": rejection.detail, "info": "", "plan": "",
+            "est_bytes": 0, "sha256": ""}  # fmt: skip
 
 
 def _window(row: dict[str, Any]) -> tuple[float, float] | None:

@@ -24,6 +24,7 @@ from pyratok.core import dataset as layout
 from pyratok.core.config import fingerprint
 from pyratok.core.logging import get_logger
 from pyratok.core.storage import Storage, StorageError, join
+from pyratok.pipelines.ingest import reasons
 from pyratok.pipelines.ingest.config import IngestConfig, InputSpec
 from pyratok.pipelines.ingest.inspect import ACCEPTED, STORAGE_ERROR, Inspector
 from pyratok.pipelines.ingest.read_inputs import ParsedInputs, read_inputs, reject_record
@@ -120,7 +121,11 @@ def run_ingest(
     resolved = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"inputs": specs, "output": root})})
     with stage_run(cfg.tracking, cfg.work_dir, STAGE, resolved, parent_run_id=parent_run_id) as run:
         job = IngestJob(storage=storage, cfg=resolved.ingest, root=root, overwrite=overwrite)
-        result = job.run(lambda: init_ray(cfg.ray, address))
+        try:
+            result = job.run(lambda: init_ray(cfg.ray, address))
+        except BaseException as exc:  # Ctrl-C too: ingest.json must not keep saying "running"
+            job.record_failure(exc)
+            raise
         if run is not None:
             result.run_id = run.info.run_id
             _log_to_mlflow(storage, root, result, job.shard_stats)
@@ -151,8 +156,8 @@ class IngestJob:
         t1 = time.perf_counter()
         inspected = self._inspect(parsed.rows)
         timings["probe_s"] = time.perf_counter() - t1
-        accepted = [r for r in inspected if r["status"] == ACCEPTED]
-        probe_rejects = [self._reject_row(r) for r in inspected if r["status"] != ACCEPTED]
+        accepted, duplicates = drop_content_duplicates([r for r in inspected if r["status"] == ACCEPTED])
+        probe_rejects = [self._reject_row(r) for r in inspected if r["status"] != ACCEPTED] + duplicates
 
         specs = plan_shards(accepted, self.cfg)
         keep, todo, deleted = self._reconcile(specs)
@@ -207,6 +212,19 @@ class IngestJob:
             self.storage.write_json(layout.ingest_summary_uri(root), {"status": "running", "inputs": [s.model_dump() for s in self.cfg.inputs]})
         except OSError as exc:
             raise StorageError(f"cannot write to output {root}: {exc}") from exc
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Mark ``ingest.json`` failed with the error (keeping any counts it has), best effort:
+        when the output itself is what failed, the error still reaches the caller."""
+        uri = layout.ingest_summary_uri(self.root)
+        try:
+            summary = self.storage.read_json(uri) if self.storage.exists(uri) else None
+            if summary is None:
+                return  # failed before it wrote anything: nothing claims to be running
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.storage.write_json(uri, {**summary, "status": "failed", "error": error})
+        except Exception as write_exc:  # noqa: BLE001 - never mask the job's own error
+            log.warning("could not record the failure in %s: %s", uri, write_exc)
 
     def _inspect(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not rows:
@@ -312,6 +330,31 @@ MANIFEST_TABLE_COLUMNS = (
     *layout.MANIFEST_COLUMNS, "bytes", "clip_start_s", "clip_end_s", "cut", "video", "metadata", "row", "input",
 )  # fmt: skip
 REJECT_TABLE_COLUMNS = (*layout.REJECT_COLUMNS, "key", "metadata", "row", "input")
+
+
+def drop_content_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows to keep, ``duplicate`` rejects): rows whose source bytes (sha256) and window are the same.
+
+    The kept copy is the group's smallest key, whichever copy the metadata lists first, so the same
+    inputs in another order give the same shards.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if not row.get("sha256"):
+            groups[("", row["key"], id(row))] = [row]
+            continue
+        plan = json.loads(row["plan"])
+        groups.setdefault((row["sha256"], round(plan["start_s"], 3), round(plan["end_s"], 3)), []).append(row)
+    kept, rejects = [], []
+    for group in groups.values():
+        first, *copies = sorted(group, key=lambda r: (r["key"], r["input"], r["row"]))
+        kept.append(first)
+        for row in copies:
+            detail = (f"same content as {first['key']} (row {first['row']} of {first['metadata']}; "
+                      f"sha256 {row['sha256'][:16]}, window {json.loads(row['plan'])['start_s']:.3f} s)")  # fmt: skip
+            rejects.append(reject_record(row, Rejection(reasons.DUPLICATE, detail)))
+    kept.sort(key=lambda r: (r["input"], r["row"]))
+    return kept, rejects
 
 
 def _with_row_ids(stats: dict[str, Any], spec: ShardSpec) -> dict[str, Any]:

@@ -131,9 +131,9 @@ def parse_probe(data: dict) -> VideoInfo:
 
 
 def _network_args(target: str, network_timeout_s: float | None) -> list[str]:
-    if network_timeout_s and target.startswith(("http://", "https://")):
-        return ["-rw_timeout", str(int(network_timeout_s * 1_000_000))]
-    return []
+    from pyratok.pipelines.ingest.video_access import http_input_options
+
+    return [arg for key, value in http_input_options(target, network_timeout_s).items() for arg in (f"-{key}", value)]
 
 
 def probe(target: str, *, timeout_s: float, network_timeout_s: float | None = None) -> VideoInfo:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 from dataclasses import dataclass
+
+_CONTEXT_ADDRESS = re.compile(r" @ 0x[0-9a-fA-F]+\]")
 
 
 class CommandTimeout(RuntimeError):
@@ -29,8 +32,12 @@ class CommandResult:
     stderr: bytes
 
     def error_tail(self, limit: int = 300) -> str:
-        """The last line(s) of stderr: ffmpeg's actual complaint, not its banner."""
-        text = self.stderr.decode("utf-8", errors="replace").strip()
+        """The last line(s) of stderr: ffmpeg's actual complaint, not its banner.
+
+        ffmpeg tags lines with its context's address (``[mov,mp4 @ 0x5581...]``); that differs
+        every run, and a reject's detail must not (two runs of one input give identical rejects).
+        """
+        text = _CONTEXT_ADDRESS.sub("]", self.stderr.decode("utf-8", errors="replace")).strip()
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         return (" | ".join(lines[-2:]) if lines else f"exit code {self.returncode}")[-limit:]
 

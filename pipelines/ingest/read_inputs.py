@@ -21,7 +21,8 @@ from pyratok.core.storage import Storage, StorageError, basename, is_s3, join, s
 from pyratok.pipelines.ingest import filters, reasons
 from pyratok.pipelines.ingest.caption_text import clean_caption, has_invalid_utf8, repair_utf8
 from pyratok.pipelines.ingest.config import IngestConfig, InputSpec
-from pyratok.pipelines.ingest.reasons import Rejection
+from pyratok.pipelines.ingest.paths import resolve_video
+from pyratok.pipelines.ingest.reasons import RejectError, Rejection
 from pyratok.pipelines.ingest.sources import RowError, SourceRow, source_format
 from pyratok.pipelines.ingest.sources.tables import ERROR_FIELD, MetadataError, read_table
 
@@ -57,13 +58,6 @@ def reject_record(row: dict[str, Any], rejection: Rejection) -> dict[str, Any]:
         "row": int(row["row"]),
         "input": int(row["input"]),
     }
-
-
-def video_uri(videos: str, path: str) -> str:
-    """A metadata path resolved against the videos folder (absolute paths and URIs stand as given)."""
-    if is_s3(path) or path.startswith("/"):
-        return path
-    return join(videos, path)
 
 
 def _droplet_index(storage: Storage, videos: str) -> dict[str, str]:
@@ -177,13 +171,22 @@ def read_inputs(storage: Storage, cfg: IngestConfig, specs: list[InputSpec]) -> 
             row.update(fields)
             if parsed.video_is_prefix:
                 found = droplet_files.get(parsed.video)
-                row["video"] = found or video_uri(spec.videos, parsed.video + "*.mp4")
+                row["video"] = found or join(spec.videos, parsed.video + "*.mp4")
                 if found is None:
                     rejection = rejection or Rejection(
                         reasons.MISSING_FILE, f"no file named {parsed.video}<quality>.<ext> in {spec.videos}"
                     )
+                else:  # listed inside the root, but it may be a symlink out of it
+                    try:
+                        resolve_video(spec.videos, found, allow_outside=cfg.allow_paths_outside_root)
+                    except RejectError as exc:
+                        rejection = rejection or exc.rejection
             else:
-                row["video"] = video_uri(spec.videos, parsed.video)
+                row["video"] = parsed.video
+                try:
+                    row["video"] = resolve_video(spec.videos, parsed.video, allow_outside=cfg.allow_paths_outside_root)
+                except RejectError as exc:
+                    rejection = rejection or exc.rejection
             if rejection is None and row["key"] in seen:
                 first_input, first_row = seen[row["key"]]
                 rejection = Rejection(

@@ -16,12 +16,20 @@ CAPTION_TOO_LONG = "caption_too_long"
 SCORE_BELOW_THRESHOLD = "score_below_threshold"
 
 # The video file itself.
+OUTSIDE_ROOT = "outside_root"
+"""The path resolves (after ``..`` and symlinks) outside its input's videos root."""
+BAD_PATH = "bad_path"
+"""The path holds a control character or NUL, or is longer than a file system allows."""
 MISSING_FILE = "missing_file"
 EMPTY_FILE = "empty_file"
 PROBE_FAILED = "probe_failed"
 PROBE_TIMEOUT = "probe_timeout"
 NO_VIDEO_STREAM = "no_video_stream"
 UNDECODABLE = "undecodable"
+TRUNCATED = "truncated"
+"""The file ends before what its index or stream says it holds (a cut-off download or copy)."""
+CORRUPT = "corrupt"
+"""The bytes are there but do not decode (garbage, zero-filled tail, malformed index)."""
 
 # Filters on the probed stream.
 TOO_SMALL = "too_small"
@@ -36,7 +44,8 @@ CUT_TIMEOUT = "cut_timeout"
 
 ALL: tuple[str, ...] = (
     BAD_METADATA, DUPLICATE, CAPTION_INVALID_UTF8, CAPTION_TOO_LONG, SCORE_BELOW_THRESHOLD,
-    MISSING_FILE, EMPTY_FILE, PROBE_FAILED, PROBE_TIMEOUT, NO_VIDEO_STREAM, UNDECODABLE,
+    OUTSIDE_ROOT, BAD_PATH, MISSING_FILE, EMPTY_FILE, PROBE_FAILED, PROBE_TIMEOUT, NO_VIDEO_STREAM, UNDECODABLE,
+    TRUNCATED, CORRUPT,
     TOO_SMALL, ASPECT_RATIO, FPS_OUT_OF_RANGE, DURATION_OUT_OF_RANGE, WINDOW_OUT_OF_RANGE,
     CUT_FAILED, CUT_TIMEOUT,
 )  # fmt: skip

@@ -192,10 +192,11 @@ def _ultravideo(c: Corpus) -> None:
 def _droplet(c: Corpus) -> None:
     v = "droplet/videos/"
 
+    # Each clip its own hue: two identical files would be one clip to the exact-duplicate check.
     def add(ytid, framestamp, expect, quality_score=0.71, files=()):
         for quality, (w, h) in files:
             start, end = (int(x) for x in framestamp.strip("()").split(","))
-            c.videos.append(VideoSpec(f"{v}{ytid}--{start:06d}_{end:06d}-{quality}.mp4", w, h, hue=len(ytid) * 11))
+            c.videos.append(VideoSpec(f"{v}{ytid}--{start:06d}_{end:06d}-{quality}.mp4", w, h, hue=int(ytid[-1]) * 30))
         c.row("droplet", {
             "url": f"https://www.youtube.com/watch?v={ytid}", "fps": 24, "framestamp": framestamp,
             "quality_score": quality_score, "caption": f"Droplet clip of {ytid} at {framestamp}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 
+from pyratok.core.s3_retry import S3RetryConfig, ffmpeg_reconnect_options
 from pyratok.core.secrets import scrub_text
 from pyratok.core.storage import Storage, is_s3
 
@@ -39,3 +40,19 @@ class VideoAccess:
     def scrub(text: str, uri: str, target: str) -> str:
         """A message about ``target`` that names ``uri`` instead and holds no signature."""
         return scrub_text(text.replace(target, uri) if target != uri else text)
+
+
+def http_input_options(target: str, network_timeout_s: float | None) -> dict[str, str]:
+    """ffmpeg/ffprobe input options for ``target``: for an http(s) URL, an I/O timeout and reconnects.
+
+    S3 answers a share of requests with ``503 SlowDown`` or drops the connection; without
+    reconnects one such answer would reject a good video as ``probe_failed`` / ``cut_failed``.
+    ffmpeg reconnects at open, on seeks and mid-read, with the default storage retry budget
+    (:class:`~pyratok.core.s3_retry.S3RetryConfig`).
+    """
+    if not target.startswith(("http://", "https://")):
+        return {}
+    options = ffmpeg_reconnect_options(S3RetryConfig().max_attempts)
+    if network_timeout_s:
+        options["rw_timeout"] = str(int(network_timeout_s * 1_000_000))
+    return options

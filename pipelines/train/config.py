@@ -92,6 +92,9 @@ class StageSection(StrictModel):
     frames: FrameRange = Field(default_factory=FrameRange)
     warmup_steps: int | None = None
     """None: ``schedule.warmup_ratio`` of ``steps``."""
+    lr: float | None = Field(None, gt=0)
+    """Peak learning rate of this stage (None: ``optim.lr``): a later stage that fine-tunes what an
+    earlier one learned may want a gentler one."""
 
 
 class StageTable(StrictModel):

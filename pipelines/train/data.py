@@ -49,8 +49,10 @@ log = get_logger(__name__)
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "avi")
 SKIP_PREFIX = "skipped/"
-SKIP_REASONS = ("missing_video", "bad_metadata", "too_short", "no_video_stream", "decode_error", "unreadable_shard")
+SKIP_REASONS = ("missing_video", "bad_metadata", "too_short", "no_video_stream", "corrupt", "unreadable_shard")
 """Why a sample was skipped (the ``skipped/<reason>`` counters)."""
+CORRUPT_PREFIX = "corrupt/"
+"""``corrupt/<key>`` events: which clips did not decode (a shard from an older ingest, bit rot)."""
 
 
 @dataclass
@@ -192,6 +194,8 @@ class ClipStream(IterableDataset):
     # -- parsing -------------------------------------------------------------
     def _skip(self, reason: str, key: str, detail: str) -> None:
         self._events[f"{SKIP_PREFIX}{reason}"] += 1
+        if reason == "corrupt":
+            self._events[f"{CORRUPT_PREFIX}{key}"] += 1
         log.warning("skipping sample %s: %s", key, detail)
 
     def _captions(self, shard: str) -> dict[str, str]:
@@ -277,7 +281,8 @@ class ClipStream(IterableDataset):
             span = frames_needed(geometry.frames, spec.data.frame_stride)
             start = seeded_rng(spec.seed, "start", epoch, clip.key).randint(0, max(0, clip.frames - span))
             try:
-                arrays.append(decode_clip(clip.video, geometry, start=start, stride=spec.data.frame_stride, key=clip.key))
+                arrays.append(decode_clip(clip.video, geometry, start=start, stride=spec.data.frame_stride, key=clip.key,
+                                          listed_frames=clip.frames))
             except ClipDecodeError as exc:
                 self._skip(exc.reason, clip.key, str(exc))
                 failed.append(clip)
@@ -408,3 +413,6 @@ class LoaderTracker:
 
     def skipped(self) -> dict[str, int]:
         return {k[len(SKIP_PREFIX):]: v for k, v in self.events.items() if k.startswith(SKIP_PREFIX)}
+
+    def corrupt_keys(self) -> list[str]:
+        return sorted(k[len(CORRUPT_PREFIX):] for k in self.events if k.startswith(CORRUPT_PREFIX))

@@ -12,6 +12,7 @@ import io
 
 import numpy as np
 
+from pyratok.core.decoding import stream_ends_early
 from pyratok.pipelines.train.buckets import Geometry
 
 
@@ -29,14 +30,19 @@ def cover_size(src_w: int, src_h: int, dst_w: int, dst_h: int) -> tuple[int, int
     return max(dst_w, int(np.ceil(src_w * scale - 1e-6))), max(dst_h, int(np.ceil(src_h * scale - 1e-6)))
 
 
-def decode_clip(data: bytes, geometry: Geometry, *, start: int = 0, stride: int = 1, key: str = "?") -> np.ndarray:
-    """``geometry.frames`` frames from frame ``start`` every ``stride`` -> uint8 (T, H, W, 3)."""
+def decode_clip(data: bytes, geometry: Geometry, *, start: int = 0, stride: int = 1, key: str = "?",
+                listed_frames: int | None = None) -> np.ndarray:
+    """``geometry.frames`` frames from frame ``start`` every ``stride`` -> uint8 (T, H, W, 3).
+
+    ``listed_frames`` (the clip's frame count from its metadata) tells a clip that is too short
+    (``too_short``) from one whose stream ends before what it lists (``corrupt``).
+    """
     import av
 
     wanted = [start + i * stride for i in range(geometry.frames)]
     last = wanted[-1]
     out = np.empty((geometry.frames, geometry.height, geometry.width, 3), dtype=np.uint8)
-    got = 0
+    got, index = 0, -1
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
@@ -61,7 +67,11 @@ def decode_clip(data: bytes, geometry: Geometry, *, start: int = 0, stride: int 
     except ClipDecodeError:
         raise
     except (av.error.FFmpegError, ValueError, IndexError, OSError) as exc:
-        raise ClipDecodeError("decode_error", f"{key}: cannot decode video: {exc}") from exc
+        raise ClipDecodeError("corrupt", f"{key}: cannot decode video: {exc}") from exc
+    if got < geometry.frames and stream_ends_early(index + 1, listed_frames):
+        raise ClipDecodeError(
+            "corrupt", f"{key}: the stream ends after {index + 1} frames of the {listed_frames} its metadata lists"
+        )
     if got < geometry.frames:
         raise ClipDecodeError(
             "too_short", f"{key}: decoded {got} of {geometry.frames} frames (start {start}, stride {stride})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -290,6 +291,8 @@ class StageLoop:
         skipped = _all_reduce_counts(loader.skipped(), self.world, self.device)
         for reason, count in skipped.items():
             metrics[f"data/skipped/{reason}"] = float(count)
+        for key in _all_gather_keys(loader.corrupt_keys(), self.world):  # which clips, not just how many
+            metrics["data/corrupt/" + re.sub(r"[^\w./ -]", "_", key)] = 1.0
         self.last_metrics = metrics
         if self.rank != 0:
             return
@@ -345,6 +348,17 @@ class StageLoop:
 def _first_recon(out) -> torch.Tensor | None:
     recon = getattr(out, "recon", None)
     return recon[0] if recon is not None else None
+
+
+def _all_gather_keys(keys: list[str], world: int) -> list[str]:
+    """The union of every rank's keys (a collective: every rank calls it at the same step)."""
+    import torch.distributed as dist
+
+    if world > 1 and dist.is_initialized():
+        gathered: list[list[str] | None] = [None] * world
+        dist.all_gather_object(gathered, keys)
+        return sorted({k for part in gathered for k in part or []})
+    return sorted(keys)
 
 
 def _all_reduce_counts(counts: dict[str, int], world: int, device: torch.device) -> dict[str, int]:

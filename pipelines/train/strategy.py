@@ -115,7 +115,7 @@ def fill_deepspeed_config(raw: dict, train: TrainConfig, *, use_gpu: bool) -> di
     cfg.pop("train_batch_size", None)  # derived by DeepSpeed from micro x accum x world
     opt = cfg.setdefault("optimizer", {"type": "AdamW", "params": {}})
     params = opt.setdefault("params", {})
-    for key, value in {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps, "weight_decay": optim.weight_decay}.items():
+    for key, value in {"lr": train.current().lr or optim.lr, "betas": list(optim.betas), "eps": optim.eps, "weight_decay": optim.weight_decay}.items():
         if params.get(key, AUTO) == AUTO:
             params[key] = value
     params.setdefault("torch_adam", True)
@@ -187,7 +187,7 @@ class DDPStrategy(Strategy):
             self.wrapped = model.to(device)
         optim = train.optim
         self.optimizer = torch.optim.AdamW(
-            self.trainable, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+            self.trainable, lr=train.current().lr or optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
         )
         self.scheduler = make_scheduler(self.optimizer, train)
         self.accum = train.current().grad_accum or optim.grad_accum

@@ -80,8 +80,10 @@ def _train_videos(storage: Storage, root: str, max_clips: int) -> list[tuple[str
 
 def warm_up_vae(cfg, *, data: str, out: str) -> WarmupResult:
     """Train ``cfg.model.backbone``'s random VAE on ``data``'s train clips; write it to ``out``."""
+    from pyratok.core.logging import setup_logging
     from pyratok.model.backbone import build_random_vae
 
+    setup_logging()  # a Ray task's process has no handler: its progress lines would vanish
     backbone, wcfg = cfg.model.backbone, cfg.train.vae_warmup
     if backbone.path:
         raise ValueError(f"train.vae_warmup is for a random backbone VAE, but model.backbone.path={backbone.path!r} "

@@ -1,13 +1,31 @@
-"""``pyratok pipeline run|rerun|status``: the whole workflow, one stage at a time, recorded."""
+"""``pyratok pipeline run|rerun|status``: the whole workflow, one stage at a time, recorded.
+
+One driver at a time per pipeline root: ``run``/``rerun`` hold ``<root>/pipeline/lock.json``
+while they run, and a second one exits at once (code 3) naming the holder. ``--take-over``
+(alias ``--force``) takes the lock of a driver whose heartbeat is older than
+``pipeline.lock.stale_after_s``; it is not a way to force stages to rerun (that is ``rerun``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from typing import Annotated, Optional
+import signal
+from typing import Annotated, Iterator, Optional
 
 import typer
 
 from pyratok.cli.common import AddressOpt, ConfigOpt, SetOpt, load_cli_config, user_errors
+
+TakeOverOpt = Annotated[
+    bool,
+    typer.Option(
+        "--take-over", "--force",
+        help="Take over the root's driver lock if its holder's heartbeat is older than pipeline.lock.stale_after_s "
+             "(a driver that died on another machine). A live driver's lock is never taken.",
+    ),
+]  # fmt: skip
+ROOT_IN_USE_EXIT = 3
 
 app = typer.Typer(help="Run ingest -> caption -> train stages 1..3 as one workflow; rerun any stage alone.", no_args_is_help=True)
 
@@ -21,28 +39,61 @@ def _runner(config: str | None, sets: list[str] | None, address: str | None):
     return PipelineRunner(cfg, pipeline_stages(cfg))
 
 
-def _execute(runner, **kwargs) -> None:
-    from pyratok.core.ray_runtime import shutdown_ray
-    from pyratok.workflow.runner import PipelineError
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a stopped job, a pod being evicted) ends the driver like Ctrl-C does, so the
+    running stage is recorded ``failed`` and the driver lock released; SIGKILL cannot be
+    caught, and shows as ``interrupted`` on the next ``status``."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("terminated by SIGTERM")
 
     try:
-        runner.run(**kwargs)
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _execute(runner, **kwargs) -> None:
+    from pyratok.core.ray_runtime import shutdown_ray
+    from pyratok.core.storage import StorageError
+    from pyratok.workflow.runner import PipelineError, RootInUseError
+
+    try:
+        with _sigterm_interrupts():
+            runner.run(**kwargs)
+    except RootInUseError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(ROOT_IN_USE_EXIT) from None
+    except StorageError as exc:  # the state or the lock could not be read or written
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
     except PipelineError as exc:
         _print_status(runner)
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         typer.echo("fix the cause and run the same command again: completed stages are skipped, the failed one resumes.", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt as exc:
+        _print_status(runner)
+        message = f"interrupted ({exc or 'Ctrl-C'}): the running stage is recorded failed; run again to resume it."
+        typer.secho(message, fg=typer.colors.RED, err=True)
+        raise typer.Exit(143 if "SIGTERM" in str(exc) else 130) from None
     finally:
         shutdown_ray()
     _print_status(runner)
 
 
 @app.command("run")
-def run(config: ConfigOpt = None, sets: SetOpt = None, address: AddressOpt = None) -> None:
+def run(config: ConfigOpt = None, sets: SetOpt = None, address: AddressOpt = None, take_over: TakeOverOpt = False) -> None:
     """Run every stage whose config or inputs changed since it last completed; skip the rest."""
     with user_errors():
         runner = _runner(config, sets, address)
-    _execute(runner)
+    _execute(runner, take_over=take_over)
 
 
 @app.command("rerun")
@@ -52,6 +103,7 @@ def rerun(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     address: AddressOpt = None,
+    take_over: TakeOverOpt = False,
 ) -> None:
     """Rerun STAGE (even if up to date) from its recorded inputs, without redoing the others."""
     with user_errors():
@@ -59,7 +111,7 @@ def rerun(
         if stage not in runner.by_name:
             raise ValueError(f"unknown stage {stage!r}; this pipeline has {', '.join(runner.by_name)}")
     targets = {stage, *(runner.downstream_of(stage) if downstream else ())}
-    _execute(runner, force=targets, only=targets)
+    _execute(runner, force=targets, only=targets, take_over=take_over)
 
 
 @app.command("status")
@@ -75,6 +127,7 @@ def _print_status(runner) -> None:
     from rich.table import Table
 
     from pyratok.core.tracking import configure, run_url
+    from pyratok.workflow.lock import holder_is_dead, holder_is_stale
 
     table = Table(title=f"pipeline at {runner.root}", title_justify="left")
     for col in ("stage", "state", "finished", "took", "outputs", "MLflow run"):
@@ -82,13 +135,22 @@ def _print_status(runner) -> None:
     tracking = runner.config.tracking.enabled
     if tracking:
         configure(runner.config.tracking, runner.config.work_dir)
-    colours = {"completed": "green", "failed": "red", "stale": "yellow", "running": "cyan"}
+    colours = {"completed": "green", "failed": "red", "stale": "yellow", "running": "cyan", "interrupted": "magenta"}
     for view in runner.views():
         rec = view.record
         finished = dt.datetime.fromtimestamp(rec.ended_at).strftime("%Y-%m-%d %H:%M:%S") if rec.ended_at else "-"
         took = f"{rec.duration_s:.1f}s" if rec.duration_s is not None else "-"
         outputs = "\n".join(f"{k}: {v}" for k, v in rec.outputs.items()) or (rec.error or "-")
+        if view.state == "failed" and rec.error and rec.outputs:  # outputs of an earlier attempt
+            outputs = f"{rec.error}\n(earlier) {outputs}"
+        elif view.state == "interrupted":
+            outputs = "its driver is gone (killed?): run again to resume"
         link = run_url(rec.mlflow_run_id) if (tracking and rec.mlflow_run_id) else "-"
         colour = colours.get(view.state, "white")
         table.add_row(view.name, f"[{colour}]{view.state}[/{colour}]", finished, took, outputs, link)
+    holder = runner.lock_holder()
+    if holder is not None:
+        gone = holder_is_dead(holder) or holder_is_stale(holder, runner.config.pipeline.lock)
+        table.caption = f"{'stale lock of a gone driver' if gone else 'in use by'}: {holder.describe()}"
+        table.caption_justify = "left"
     Console(stderr=False, width=160).print(table)

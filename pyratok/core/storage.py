@@ -26,15 +26,23 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 from urllib.parse import urlparse
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from pyratok.core.config import StrictModel
+from pyratok.core.s3_retry import S3RetryConfig
 
 TMP_PREFIX = ".tmp-"
 
 
 class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI and the cause."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write/delete lost: the object is not at the version the caller expected.
+
+    Raised instead of overwriting what another writer put there (compare-and-swap).
+    """
 
 
 class StorageConfig(StrictModel):
@@ -46,6 +54,8 @@ class StorageConfig(StrictModel):
     """``path`` for servers without virtual-host buckets; ``auto`` lets boto3 decide."""
     multipart_threshold_mb: int = 64
     multipart_chunk_mb: int = 64
+    retries: S3RetryConfig = Field(default_factory=S3RetryConfig)
+    """How hard boto3 and pyarrow retry 503 SlowDown and dropped connections (``pyratok.core.s3_retry``)."""
 
     @field_validator("endpoint_url")
     @classmethod
@@ -105,15 +115,20 @@ class Storage:
             import boto3
             from botocore.config import Config
 
-            self._client = boto3.session.Session().client(
+            from pyratok.core.s3_retry import botocore_retries, resume_get_object_bodies
+
+            client = boto3.session.Session().client(
                 "s3",
                 endpoint_url=self.config.endpoint_url,
                 region_name=self.config.region,
                 config=Config(
                     s3={"addressing_style": self.config.addressing_style},
-                    retries={"max_attempts": 8, "mode": "adaptive"},
+                    retries=botocore_retries(self.config.retries),
                 ),
             )
+            # botocore retries a GET until its headers arrive; a body that breaks later resumes here
+            resume_get_object_bodies(client, self.config.retries.max_attempts)
+            self._client = client
         return self._client
 
     def _transfer_config(self):
@@ -123,6 +138,7 @@ class Storage:
         return TransferConfig(
             multipart_threshold=self.config.multipart_threshold_mb * mb,
             multipart_chunksize=self.config.multipart_chunk_mb * mb,
+            num_download_attempts=self.config.retries.max_attempts,
         )
 
     def _s3_call(self, what: str, uri: str, fn, *args, **kwargs):
@@ -193,6 +209,19 @@ class Storage:
                 raise FileNotFoundError(f"{uri}: not found") from None
         bucket, key = split_s3(uri)
         obj = self._s3_call("read", uri, self.client.get_object, Bucket=bucket, Key=key)
+        return obj["Body"].read()
+
+    def read_range(self, uri: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset`` (fewer at the end of the object; S3: one ranged GET)."""
+        if length <= 0:
+            return b""
+        if not is_s3(uri):
+            with open(uri, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(length)
+        bucket, key = split_s3(uri)
+        rng = f"bytes={offset}-{offset + length - 1}"
+        obj = self._s3_call("read", uri, self.client.get_object, Bucket=bucket, Key=key, Range=rng)
         return obj["Body"].read()
 
     def read_text(self, uri: str) -> str:
@@ -298,6 +327,88 @@ class Storage:
     def write_json(self, uri: str, data: Any) -> None:
         self.write_bytes(uri, json.dumps(data, indent=2, sort_keys=True, default=str).encode("utf-8"))
 
+    # -- compare-and-swap (small objects: pipeline state, driver locks) --------
+    # A version tag ("etag") names one content of an object: S3's ETag, locally a hash of
+    # the bytes. A conditional write names the version it replaces (None: the object must
+    # not exist yet) and fails with PreconditionFailed instead of overwriting another
+    # writer's version. S3 does this server-side (If-Match / If-None-Match); locally the
+    # check and the atomic replace happen under an exclusive fcntl lock on a sidecar file,
+    # which the kernel releases when its holder dies, so a killed writer never wedges it.
+    def read_bytes_versioned(self, uri: str) -> tuple[bytes, str]:
+        """``(bytes, etag)`` of one object; FileNotFoundError when it does not exist."""
+        if not is_s3(uri):
+            data = self.read_bytes(uri)
+            return data, _content_etag(data)
+        bucket, key = split_s3(uri)
+        obj = self._s3_call("read", uri, self.client.get_object, Bucket=bucket, Key=key)
+        return obj["Body"].read(), obj["ETag"]
+
+    def write_bytes_if(self, uri: str, data: bytes, *, etag: str | None) -> str:
+        """Write ``data`` only if the object is still at version ``etag`` (None: only if absent).
+
+        Returns the new etag. Raises PreconditionFailed when another writer got there
+        first (also when ``etag`` is given and the object is gone).
+        """
+        if not is_s3(uri):
+            with self._local_cas_lock(uri):
+                current = _local_etag(Path(uri))
+                if current != etag:
+                    raise _precondition(uri, etag, current)
+                with self.atomic_write(uri) as tmp:
+                    tmp.write_bytes(data)
+            return _content_etag(data)
+        bucket, key = split_s3(uri)
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            out = self._s3_call("write", uri, self.client.put_object, Bucket=bucket, Key=key, Body=data, **condition)
+            return out["ETag"]
+        except (StorageError, FileNotFoundError) as exc:
+            if not isinstance(exc, FileNotFoundError) and not _is_precondition_error(exc):
+                raise
+            # A retried request whose first attempt landed fails its own precondition:
+            # the object then holds exactly our bytes, and the write did happen.
+            try:
+                now, current = self.read_bytes_versioned(uri)
+            except FileNotFoundError:
+                now, current = None, None
+            if now == data and current is not None:
+                return current
+            raise _precondition(uri, etag, current) from exc
+
+    def delete_if(self, uri: str, *, etag: str) -> None:
+        """Delete the object only if it is still at version ``etag`` (PreconditionFailed if not)."""
+        if not is_s3(uri):
+            with self._local_cas_lock(uri):
+                current = _local_etag(Path(uri))
+                if current != etag:
+                    raise _precondition(uri, etag, current)
+                Path(uri).unlink()
+            return
+        bucket, key = split_s3(uri)
+        try:
+            self._s3_call("delete", uri, self.client.delete_object, Bucket=bucket, Key=key, IfMatch=etag)
+        except FileNotFoundError as exc:
+            raise _precondition(uri, etag, None) from exc
+        except StorageError as exc:
+            if not _is_precondition_error(exc):
+                raise
+            raise _precondition(uri, etag, "another version") from exc
+
+    @contextlib.contextmanager
+    def _local_cas_lock(self, uri: str) -> Iterator[None]:
+        """Exclusive lock on ``.<name>.lock`` beside ``uri`` (created once, never removed:
+        removing it would let two writers lock two different files)."""
+        import fcntl
+
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor drops the lock
+
     def delete(self, uri: str) -> None:
         if not is_s3(uri):
             Path(uri).unlink(missing_ok=True)
@@ -352,7 +463,9 @@ class Storage:
             kwargs["region"] = region
         if self.config.addressing_style == "path":
             kwargs["force_virtual_addressing"] = False
-        return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}"
+        from pyratok.core.s3_retry import retrying_s3_filesystem
+
+        return retrying_s3_filesystem(self.config.retries.max_attempts, kwargs), f"{bucket}/{key}"
 
     def read_parquet(self, uri: str):
         """A pandas DataFrame from a parquet object."""
@@ -363,3 +476,33 @@ class Storage:
     def write_parquet(self, uri: str, frame) -> None:
         with self.atomic_write(uri) as tmp:
             frame.to_parquet(tmp, index=False)
+
+
+def _content_etag(data: bytes) -> str:
+    """The local version tag: a hash of the content (what S3's ETag is for a simple upload)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _local_etag(path: Path) -> str | None:
+    try:
+        return _content_etag(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def _precondition(uri: str, expected: str | None, current: str | None) -> PreconditionFailed:
+    want = "absent" if expected is None else f"at version {expected}"
+    have = "absent" if current is None else f"at version {current}"
+    return PreconditionFailed(f"conditional write to {uri} refused: expected it {want}, it is {have} (another writer changed it)")
+
+
+def _is_precondition_error(exc: BaseException) -> bool:
+    """S3 answers a lost condition with 412 PreconditionFailed, or 409 ConditionalRequestConflict
+    when two conditional writes to one key race."""
+    cause = exc.__cause__
+    response = getattr(cause, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or status in (412, 409)

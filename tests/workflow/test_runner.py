@@ -112,6 +112,23 @@ def test_failed_stage_is_recorded_and_the_next_run_resumes_there(tmp_path):
     assert runner.load().stages["b"].attempts == 2
 
 
+def test_an_interrupt_inside_a_stage_is_recorded_then_goes_on(tmp_path):
+    """Ctrl-C (KeyboardInterrupt) in a stage: recorded failed, re-raised as itself, the root released."""
+    from pyratok.core.storage import Storage
+    from pyratok.workflow.lock import read_lock
+
+    def interrupted(ctx: StageContext) -> StageOutputs:
+        raise KeyboardInterrupt
+
+    runner = PipelineRunner(config(tmp_path), [StageSpec("a", interrupted)])
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    rec = runner.load().stages["a"]
+    assert (rec.status, rec.error, rec.attempts) == ("failed", "KeyboardInterrupt", 1)
+    assert read_lock(Storage(), runner.root) is None
+    assert [v.state for v in runner.views()] == ["failed"]
+
+
 def test_unknown_stage_and_missing_upstream_are_clear_errors(tmp_path):
     rec = Recorder()
     runner = PipelineRunner(config(tmp_path), rec.specs())

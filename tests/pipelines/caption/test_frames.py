@@ -84,13 +84,15 @@ def test_corrupt_and_videoless_inputs_raise_with_a_reason(tmp_path, clip_720p):
     with pytest.raises(DecodeError) as err:
         decode_frame_sample(audio, FrameSamplingConfig(), SPEC)
     assert err.value.reason == "no_video_stream"
-    # A clip cut in half: either a clear error or the frames that did decode, never a crash.
-    head = clip_720p.read_bytes()[: clip_720p.stat().st_size // 2]
-    try:
-        sample = decode_frame_sample(head, FrameSamplingConfig(), SPEC)
-        assert sample.frames.shape[0] >= 1
-    except DecodeError as exc:
-        assert exc.reason == "undecodable"
+    # A clip cut in half whose index survives (moov first): it opens and lists every frame, but is
+    # not captioned from the half that decodes; it is reported corrupt.
+    faststart = tmp_path / "faststart.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(clip_720p), "-c", "copy", "-movflags", "+faststart",
+                    str(faststart)], check=True)  # fmt: skip
+    with pytest.raises(DecodeError) as err:
+        decode_frame_sample(faststart.read_bytes()[: faststart.stat().st_size // 2], FrameSamplingConfig(), SPEC)
+    assert err.value.reason == "corrupt"
+    assert "its header lists" in str(err.value) or "decoding failed after" in str(err.value)
 
 
 def test_rotated_phone_clip_is_sampled_upright(tmp_path):

@@ -159,7 +159,8 @@ def test_a_storage_failure_in_a_worker_fails_the_job_naming_it(ray_local, tmp_pa
     (tmp_path / "m.csv").write_text("path,caption\ns3://not a bucket/clip.mp4,x\n")
     spec = InputSpec(source="manifest", metadata=str(tmp_path / "m.csv"), videos="s3://unused")
     with pytest.raises(StorageError, match=r"1 input\(s\) could not be read; first: s3://not a bucket/clip.mp4"):
-        run_ingest(ingest_config(tmp_path / "work"), inputs=[spec], output=str(tmp_path / "out"))
+        run_ingest(ingest_config(tmp_path / "work", "ingest.allow_paths_outside_root=true"), inputs=[spec],
+                   output=str(tmp_path / "out"))
 
 
 def test_held_out_split_is_recorded_in_json_and_manifest_and_rewrites_only_shards_it_touches(

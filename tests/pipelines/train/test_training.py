@@ -23,7 +23,7 @@ from safetensors.numpy import load_file
 from pyratok.pipelines.train.checkpoint import CHECKPOINT_URI_TAG, INIT_RUN_TAG, MODEL_URI_TAG
 from pyratok.pipelines.train.runner import run_training
 from pyratok.pipelines.train.stages import load_stage_config
-from tests.pipelines.train.conftest import tiny_train_overrides
+from tests.pipelines.train.conftest import TRUNCATED_KEY, tiny_train_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -56,7 +56,7 @@ def test_three_stages_deepspeed_ddp_chain_with_mlflow(stage1, mlflow_server, tra
     # stage 1 (DeepSpeed ZeRO-2 on gloo): right step count, bad samples skipped and counted
     assert stage1.steps == STEPS and stage1.restarts == []
     assert stage1.skipped.get("bad_metadata", 0) >= 1
-    assert stage1.skipped.get("decode_error", 0) + stage1.skipped.get("too_short", 0) >= 1
+    assert stage1.skipped.get("corrupt", 0) >= 1
     assert Path(stage1.checkpoint_uri, "state", "zero").is_dir()
 
     # stage 2 (DDP) starts from stage 1, named by its MLflow run id
@@ -105,9 +105,11 @@ def test_three_stages_deepspeed_ddp_chain_with_mlflow(stage1, mlflow_server, tra
         assert params["run.stage"] == str(stage) and params["run.data"] in (str(train_dataset), f"{s3_bucket}/data")
         metrics = run.data.metrics
         for name in ("loss", "loss/l1", "loss/commitment", "loss/drift", "lr", "throughput/clips_per_s",
-                     "throughput/tokens_per_s", "data/skipped/decode_error", *(f"codebook_usage/level{i}" for i in range(1, 5))):
+                     "throughput/tokens_per_s", "data/skipped/corrupt", *(f"codebook_usage/level{i}" for i in range(1, 5))):
             assert name in metrics, f"stage {stage} run lacks metric {name}"
         assert metrics["throughput/clips_per_s"] > 0 and metrics["throughput/tokens_per_s"] > 0
+        if stage == 1:  # the truncated clip is named in the run, not only counted
+            assert metrics[f"data/corrupt/{TRUNCATED_KEY}"] == 1.0 and metrics["data/skipped/corrupt"] >= 1
         history = client.get_metric_history(run.info.run_id, "loss")
         assert sorted(m.step for m in history) == list(range(2, (STEPS if stage == 1 else 2) + 1, 2))
         assert run.data.tags[CHECKPOINT_URI_TAG].endswith(f"checkpoint_step{(STEPS if stage == 1 else 2):07d}")
