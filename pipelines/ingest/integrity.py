@@ -40,19 +40,28 @@ def is_iso_bmff(format_name: str) -> bool:
     return format_name.startswith("mov,mp4")
 
 
-def _boxes(data: bytes, start: int = 0, end: int | None = None):
-    """(type, payload start, payload end) of the boxes in ``data[start:end]``; stops at a malformed header."""
-    end = len(data) if end is None else end
+def _header(head: bytes, room: int) -> tuple[bytes, int, int] | None:
+    """(type, header length, declared size) of the box header at the start of ``head`` (None: cut off).
+
+    ``room``: the bytes from the box's start to the end of its parent (a size of 0 means "to the end")."""
+    if len(head) < 8:
+        return None
+    size, kind = struct.unpack_from(">I4s", head, 0)
+    if size == 1:
+        if len(head) < 16:
+            return None
+        return kind, 16, struct.unpack_from(">Q", head, 8)[0]
+    return kind, 8, room if size == 0 else size
+
+
+def _boxes(data: bytes, start: int, end: int):
+    """(type, payload start, payload end) of the boxes in ``data[start:end]`` (inside the moov)."""
     pos = start
     while pos + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        header = 8
-        if size == 1:
-            if pos + 16 > end:
-                return
-            size, header = struct.unpack_from(">Q", data, pos + 8)[0], 16
-        elif size == 0:
-            size = end - pos
+        parsed = _header(data[pos : min(pos + 16, end)], end - pos)
+        if parsed is None:
+            return
+        kind, header, size = parsed
         if size < header or pos + size > end:
             raise RejectError(reasons.CORRUPT, f"malformed {kind!r} box at offset {pos} inside the moov")
         yield kind, pos + header, pos + size
@@ -64,17 +73,10 @@ def top_level_boxes(read_at: ReadAt, file_size: int) -> list[tuple[bytes, int, i
     runs past the end of the file."""
     out, pos = [], 0
     while pos < file_size:
-        head = read_at(pos, 16)
-        if len(head) < 8:
+        parsed = _header(read_at(pos, 16), file_size - pos)
+        if parsed is None:
             raise RejectError(reasons.TRUNCATED, f"box header at offset {pos} is cut off ({file_size} bytes in the file)")
-        size, kind = struct.unpack_from(">I4s", head, 0)
-        header = 8
-        if size == 1:
-            if len(head) < 16:
-                raise RejectError(reasons.TRUNCATED, f"box header at offset {pos} is cut off ({file_size} bytes in the file)")
-            size, header = struct.unpack_from(">Q", head, 8)[0], 16
-        elif size == 0:  # "extends to the end of the file": nothing to compare
-            size = file_size - pos
+        kind, header, size = parsed
         if size < header:
             raise RejectError(reasons.CORRUPT, f"box {kind.decode('latin-1')!r} at offset {pos} declares {size} bytes")
         if pos + size > file_size:
@@ -88,9 +90,9 @@ def top_level_boxes(read_at: ReadAt, file_size: int) -> list[tuple[bytes, int, i
     return out
 
 
-def _full_box(data: bytes, start: int) -> tuple[int, int]:
-    """(version, offset after version/flags)."""
-    return data[start], start + 4
+def _after_version(start: int) -> int:
+    """Offset after a full box's version and flags."""
+    return start + 4
 
 
 def _track_extent(moov: bytes, start: int, end: int) -> tuple[str, int, int] | None:
@@ -101,7 +103,7 @@ def _track_extent(moov: bytes, start: int, end: int) -> tuple[str, int, int] | N
         for kind, ps, pe in _boxes(moov, s, e):
             if kind in _CONTAINERS:
                 walk(ps, pe)
-            elif kind in (b"hdlr", b"stsz", b"stz2", b"stco", b"co64", b"stsc"):
+            elif kind in (b"hdlr", b"stsz", b"stco", b"co64", b"stsc"):
                 found[kind] = (ps, pe)
 
     walk(start, end)
@@ -132,7 +134,7 @@ def _track_extent(moov: bytes, start: int, end: int) -> tuple[str, int, int] | N
 
 
 def _sample_sizes(data: bytes, start: int, end: int) -> np.ndarray:
-    _, pos = _full_box(data, start)
+    pos = _after_version(start)
     uniform, count = struct.unpack_from(">II", data, pos)
     if uniform:
         return np.full(count, uniform, dtype=np.int64)
@@ -142,7 +144,7 @@ def _sample_sizes(data: bytes, start: int, end: int) -> np.ndarray:
 
 
 def _chunk_offsets(data: bytes, start: int, end: int, *, wide: bool) -> np.ndarray:
-    _, pos = _full_box(data, start)
+    pos = _after_version(start)
     (count,) = struct.unpack_from(">I", data, pos)
     width = 8 if wide else 4
     if pos + 4 + width * count > end:
@@ -151,7 +153,7 @@ def _chunk_offsets(data: bytes, start: int, end: int, *, wide: bool) -> np.ndarr
 
 
 def _samples_per_chunk(data: bytes, start: int, end: int, *, chunks: int) -> np.ndarray:
-    _, pos = _full_box(data, start)
+    pos = _after_version(start)
     (count,) = struct.unpack_from(">I", data, pos)
     if pos + 4 + 12 * count > end:
         raise ValueError(f"stsc lists {count} runs in {end - pos - 4} bytes")
@@ -177,8 +179,7 @@ def check_index(read_at: ReadAt, file_size: int, name: str) -> None:
     data = read_at(offset, size)
     if len(data) < size:
         raise RejectError(reasons.TRUNCATED, f"{name}: moov box cut off ({len(data)} of {size} bytes)")
-    header = 16 if struct.unpack_from(">I", data, 0)[0] == 1 else 8
-    for kind, start, end in _boxes(data, header):
+    for kind, start, end in _boxes(data, _header(data[:16], size)[1], len(data)):
         if kind != b"trak":
             continue
         extent = _track_extent(data, start, end)

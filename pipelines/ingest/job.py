@@ -339,13 +339,12 @@ def drop_content_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, 
     inputs in another order give the same shards.
     """
     groups: dict[tuple, list[dict[str, Any]]] = {}
+    kept = [row for row in rows if not row.get("sha256")]  # not hashed (ingest.dedup.content off)
     for row in rows:
-        if not row.get("sha256"):
-            groups[("", row["key"], id(row))] = [row]
-            continue
-        plan = json.loads(row["plan"])
-        groups.setdefault((row["sha256"], round(plan["start_s"], 3), round(plan["end_s"], 3)), []).append(row)
-    kept, rejects = [], []
+        if row.get("sha256"):
+            plan = json.loads(row["plan"])
+            groups.setdefault((row["sha256"], round(plan["start_s"], 3), round(plan["end_s"], 3)), []).append(row)
+    rejects = []
     for group in groups.values():
         first, *copies = sorted(group, key=lambda r: (r["key"], r["input"], r["row"]))
         kept.append(first)

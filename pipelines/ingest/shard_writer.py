@@ -25,7 +25,7 @@ from pyratok.core.storage import Storage, StorageError, basename, is_s3
 from pyratok.pipelines.ingest import reasons
 from pyratok.pipelines.ingest.clip import ClipPlan, CutError, make_clip
 from pyratok.pipelines.ingest.config import IngestConfig
-from pyratok.pipelines.ingest.integrity import check_decode, check_index, is_iso_bmff
+from pyratok.pipelines.ingest.integrity import check_decode, check_index
 from pyratok.pipelines.ingest.probe import ProbeError, VideoInfo, count_decoded_frames, probe
 from pyratok.pipelines.ingest.read_inputs import reject_record
 from pyratok.pipelines.ingest.reasons import RejectError, Rejection
@@ -111,7 +111,7 @@ class ShardWriter:
                 if is_s3(uri):
                     self.storage.download(uri, dest)
                     produced = ProducedClip(dest, True, info)
-                return self._verified(produced, uri, info.duration_s)
+                return self._verified(produced, uri)
             target = access.target(uri)
             try:
                 make_clip(target, dest, plan, info, self.cfg.cut, timeout_s=execution.cut_timeout_s,
@@ -127,35 +127,34 @@ class ShardWriter:
                 return Rejection(reasons.CUT_FAILED, f"{plan.mode} output is unreadable: {exc.detail}")
             if not out.num_frames:
                 return Rejection(reasons.CUT_FAILED, f"{plan.mode} output has no decodable frame")
-            return self._verified(ProducedClip(dest, True, out), uri, plan.duration_s)
+            return self._verified(ProducedClip(dest, True, out), uri, planned_s=plan.duration_s)
         except FileNotFoundError:
             return Rejection(reasons.MISSING_FILE, f"{uri} disappeared after it was probed")
 
-    def _verified(self, produced: ProducedClip, uri: str, expected_s: float) -> ProducedClip | Rejection:
-        """The exact bytes that go into the shard: their index is whole and both ends decode.
+    def _verified(self, produced: ProducedClip, uri: str, *, planned_s: float | None = None) -> ProducedClip | Rejection:
+        """The exact bytes that go into the shard decode at both ends.
 
-        ``expected_s`` is how long the clip should last (the source's duration, or the planned
-        window): a remux or cut of a source that lost its tail comes out shorter, not broken.
+        A whole file's index was checked in the probe stage. Cut or remuxed output (``planned_s``:
+        how long the plan says it lasts) gets its own index checked, and must last that long: a remux
+        or cut of a source that lost its tail comes out shorter, not broken.
         """
         checks, info = self.cfg.integrity, produced.info
         path = str(produced.path)
-        period = 1.0 / info.fps if info.fps > 0 else 0.04
         try:
-            if checks.check_index and is_iso_bmff(info.format_name or "mov,mp4"):
-                check_index(lambda offset, length: self.storage.read_range(path, offset, length),
-                            os.path.getsize(path), uri)  # fmt: skip
+            if planned_s is not None:
+                if checks.check_index:
+                    check_index(lambda offset, length: self.storage.read_range(path, offset, length),
+                                os.path.getsize(path), uri)  # fmt: skip
+                period = 1.0 / info.fps if info.fps > 0 else 0.04
+                if planned_s - info.duration_s > 2 * period + self.cfg.cut.window_end_tolerance_s:
+                    raise RejectError(reasons.TRUNCATED, f"{uri}: the stored clip lasts {info.duration_s:.3f} s of the "
+                                                         f"{planned_s:.3f} s the source's header promises")  # fmt: skip
             if checks.decode_ends:
                 check_decode(path, duration_s=info.duration_s, fps=info.fps, head_frames=checks.head_frames, name=uri)
         except RejectError as exc:
             if produced.temporary:
                 produced.path.unlink(missing_ok=True)
             return exc.rejection
-        short = expected_s - info.duration_s
-        if short > 2 * period + self.cfg.cut.window_end_tolerance_s:
-            if produced.temporary:
-                produced.path.unlink(missing_ok=True)
-            return Rejection(reasons.TRUNCATED, f"{uri}: the stored clip lasts {info.duration_s:.3f} s of the "
-                                                f"{expected_s:.3f} s the source's header promises")  # fmt: skip
         return produced
 
     def _add(self, tar, shard: str, clip: dict[str, Any], produced: ProducedClip) -> dict[str, Any]:
