@@ -37,26 +37,38 @@ class Inspector:
     cfg: IngestConfig
 
     def __call__(self, batch):
-        """Ray Data ``map_batches`` UDF: a pandas batch of input rows -> the same rows with outcomes."""
+        """Ray Data ``map_batches`` UDF: a pandas batch of input rows -> the same rows with outcomes.
+
+        The file-level work (size, probe, stream filters, index check, content hash) runs once per
+        source file of the batch, however many windows of it the batch holds (DropletVideo lists a
+        dozen clips per source video); only the clip plan is per row.
+        """
         import pandas as pd
 
         records = batch.to_dict(orient="records")
-        threads = min(self.cfg.execution.probe_threads, max(1, len(records)))
+        uris = list(dict.fromkeys(rec["video"] for rec in records))
+        threads = min(self.cfg.execution.probe_threads, max(1, len(uris)))
         with ThreadPoolExecutor(threads) as pool:
-            outcomes = list(pool.map(self.inspect, records))
+            files = dict(zip(uris, pool.map(self.inspect_file, uris)))
+            outcomes = list(pool.map(lambda rec: self.inspect(rec, files[rec["video"]]), records))
         return pd.DataFrame([{**rec, **out} for rec, out in zip(records, outcomes)])
 
-    def inspect(self, row: dict[str, Any]) -> dict[str, Any]:
-        """``{"status", "reason", "detail", "info", "plan", "est_bytes"}`` for one input row."""
+    def inspect_file(self, uri: str) -> "SourceFile | dict[str, Any]":
+        """What every row reading ``uri`` shares, or the outcome dict every such row gets."""
         try:
-            info, plan = self._probe_and_plan(row)
-            sha256 = self._content_sha256(row["video"]) if self.cfg.dedup.content else ""
-        except RejectError as exc:
-            return _rejected(exc.rejection)
-        except StorageError as exc:  # the job's problem, not this row's: fail the job, naming it
-            return {**_rejected(Rejection("", str(exc))), "status": STORAGE_ERROR}
+            return self._inspect_file(uri)
+        except Exception as exc:  # noqa: BLE001 - routed per row below, with the same rules
+            return _outcome_of(exc, VideoAccess(self.storage, self.cfg.execution.presign_expiry_s), uri)
+
+    def inspect(self, row: dict[str, Any], source: "SourceFile | dict[str, Any] | None" = None) -> dict[str, Any]:
+        """``{"status", "reason", "detail", "info", "plan", "est_bytes", "sha256"}`` for one input row."""
+        source = self.inspect_file(row["video"]) if source is None else source
+        if isinstance(source, dict):
+            return source
+        try:
+            info, plan = self._plan(row, source)
         except Exception as exc:  # noqa: BLE001 - one odd file must not kill the task; keep the evidence
-            return _rejected(Rejection(reasons.PROBE_FAILED, f"{type(exc).__name__}: {exc}"))
+            return _outcome_of(exc, source.access, row["video"])
         fraction = plan.duration_s / info.duration_s if info.duration_s > 0 else 1.0
         return {
             "status": ACCEPTED,
@@ -65,13 +77,12 @@ class Inspector:
             "info": json.dumps(info.to_dict(), sort_keys=True),
             "plan": json.dumps(plan.to_dict(), sort_keys=True),
             "est_bytes": int(info.size_bytes * min(1.0, fraction)),
-            "sha256": sha256,
+            "sha256": source.sha256,
         }
 
-    def _probe_and_plan(self, row: dict[str, Any]) -> tuple[VideoInfo, ClipPlan]:
+    def _inspect_file(self, uri: str) -> "SourceFile":
         execution = self.cfg.execution
         access = VideoAccess(self.storage, execution.presign_expiry_s)
-        uri = row["video"]
         try:
             size = access.size(uri)
         except FileNotFoundError:
@@ -81,31 +92,37 @@ class Inspector:
         target = access.target(uri)
         try:
             info = probe(target, timeout_s=execution.probe_timeout_s, network_timeout_s=execution.network_timeout_s)
-            if size is not None and info.size_bytes <= 0:
-                info = _with_size(info, size)
-            rejection = filters.check_stream(info, self.cfg.filters)
-            if rejection:
-                raise RejectError(*rejection)
-            if self.cfg.integrity.check_index and size is not None and is_iso_bmff(info.format_name):
-                check_index(lambda offset, length: self.storage.read_range(uri, offset, length), size, uri)
-
-            def find_keyframes(at_s: float, tolerance_s: float) -> list[float]:
-                return keyframes_near(
-                    target, at_s, tolerance_s,
-                    timeout_s=execution.probe_timeout_s, network_timeout_s=execution.network_timeout_s,
-                )  # fmt: skip
-
-            window = _window(row)
-            plan = plan_clip(info, window, self.cfg.cut, find_keyframes)
         except ProbeError as exc:
             raise ProbeError(exc.reason, access.scrub(exc.detail, uri, target)) from None
+        if size is not None and info.size_bytes <= 0:
+            info = _with_size(info, size)
+        rejection = filters.check_stream(info, self.cfg.filters)
+        if rejection:
+            raise RejectError(*rejection)
+        if self.cfg.integrity.check_index and size is not None and is_iso_bmff(info.format_name):
+            check_index(lambda offset, length: self.storage.read_range(uri, offset, length), size, uri)
+        sha256 = self._content_sha256(uri) if self.cfg.dedup.content else ""
+        return SourceFile(access=access, target=target, info=info, sha256=sha256)
+
+    def _plan(self, row: dict[str, Any], source: "SourceFile") -> tuple[VideoInfo, ClipPlan]:
+        execution = self.cfg.execution
+
+        def find_keyframes(at_s: float, tolerance_s: float) -> list[float]:
+            return keyframes_near(
+                source.target, at_s, tolerance_s,
+                timeout_s=execution.probe_timeout_s, network_timeout_s=execution.network_timeout_s,
+            )  # fmt: skip
+
+        try:
+            plan = plan_clip(source.info, _window(row), self.cfg.cut, find_keyframes)
+        except ProbeError as exc:
+            raise ProbeError(exc.reason, source.access.scrub(exc.detail, row["video"], source.target)) from None
         if isinstance(plan, Rejection):
             raise RejectError(*plan)
         rejection = filters.check_duration(plan.duration_s, self.cfg.filters)
         if rejection:
             raise RejectError(*rejection)
-        return info, plan
-
+        return source.info, plan
 
     def _content_sha256(self, uri: str) -> str:
         """sha256 of the source file (streamed; the exact-duplicate check compares it with the window)."""
@@ -114,6 +131,26 @@ class Inspector:
             while chunk := stream.read(HASH_CHUNK):
                 digest.update(chunk)
         return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One source file's shared facts within a probe batch."""
+
+    access: VideoAccess
+    target: str
+    """What ffprobe/ffmpeg open: a local path or a presigned URL."""
+    info: VideoInfo
+    sha256: str
+
+
+def _outcome_of(exc: Exception, access: VideoAccess, uri: str) -> dict[str, Any]:
+    """The row outcome an exception during inspection stands for."""
+    if isinstance(exc, RejectError):
+        return _rejected(exc.rejection)
+    if isinstance(exc, StorageError):  # the job's problem, not this row's: fail the job, naming it
+        return {**_rejected(Rejection("", str(exc))), "status": STORAGE_ERROR}
+    return _rejected(Rejection(reasons.PROBE_FAILED, f"{type(exc).__name__}: {exc}"))
 
 
 HASH_CHUNK = 8 << 20
