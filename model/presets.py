@@ -33,6 +33,9 @@ def tiny(kind: str = "wan2.2") -> ModelConfig:
         "ar": {"dim": 64, "layers": 2, "heads": 4, "token_budget": 256, "max_text_tokens": 16},
         "dino": {"kind": "dinov3", "arch": TINY_DINO_ARCH, "image_size": 64, "max_frames": 2, "allow_random": True},
         "tiling": {"tile": 512},
+        # Lighter masking than MaskGIT's schedule (mean ~64 % of patches + 30 % of frames): a tiny model trained
+        # for ~100 steps learns to inpaint instead of to reconstruct (measured: val PSNR 14.3 vs 17.2 dB at step 100).
+        "masking": {"spatial_max_ratio": 0.25, "frame_ratio": 0.1},
         "losses": {"lpips": {"max_frames": 2}},
     })
 

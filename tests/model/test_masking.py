@@ -68,7 +68,10 @@ def test_model_masks_only_in_training_and_reconstructs_the_unmasked_target(tiny2
         drawn = draw_mask(tuple(video.shape), tiny22.config.masking, patch=tiny22.spatial_multiple)
     finally:
         tiny22.eval()
-    assert math.isclose(out.metrics["mask/frame_ratio"], 3 / 9, rel_tol=1e-6)
+    # round(frame_ratio x 9) frames blanked: 1 of 9 at the tiny preset's 0.1 (3 at the paper's 0.3)
+    expected_frames = round(tiny22.config.masking.frame_ratio * 9)
+    assert expected_frames == 1 and drawn.frames.sum().item() == expected_frames * video.shape[0]
+    assert math.isclose(out.metrics["mask/frame_ratio"], expected_frames / 9, rel_tol=1e-6)
     assert math.isclose(out.metrics["mask/spatial_ratio"], drawn.spatial_ratio.mean().item(), rel_tol=1e-6)
     # the reconstruction loss compares with the clean clip
     from pyratok.model.losses.recon import l1
