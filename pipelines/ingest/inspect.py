@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from pyratok.core.secrets import scrub_text
 from pyratok.core.storage import Storage, StorageError
 from pyratok.pipelines.ingest import filters, reasons
 from pyratok.pipelines.ingest.clip import ClipPlan, plan_clip
@@ -58,7 +59,7 @@ class Inspector:
         try:
             return self._inspect_file(uri)
         except Exception as exc:  # noqa: BLE001 - routed per row below, with the same rules
-            return _outcome_of(exc, VideoAccess(self.storage, self.cfg.execution.presign_expiry_s), uri)
+            return _outcome_of(exc)
 
     def inspect(self, row: dict[str, Any], source: "SourceFile | dict[str, Any] | None" = None) -> dict[str, Any]:
         """``{"status", "reason", "detail", "info", "plan", "est_bytes", "sha256"}`` for one input row."""
@@ -68,7 +69,7 @@ class Inspector:
         try:
             info, plan = self._plan(row, source)
         except Exception as exc:  # noqa: BLE001 - one odd file must not kill the task; keep the evidence
-            return _outcome_of(exc, source.access, row["video"])
+            return _outcome_of(exc)
         fraction = plan.duration_s / info.duration_s if info.duration_s > 0 else 1.0
         return {
             "status": ACCEPTED,
@@ -144,13 +145,13 @@ class SourceFile:
     sha256: str
 
 
-def _outcome_of(exc: Exception, access: VideoAccess, uri: str) -> dict[str, Any]:
-    """The row outcome an exception during inspection stands for."""
+def _outcome_of(exc: Exception) -> dict[str, Any]:
+    """The row outcome an exception during inspection stands for (messages scrubbed of any signature)."""
     if isinstance(exc, RejectError):
         return _rejected(exc.rejection)
     if isinstance(exc, StorageError):  # the job's problem, not this row's: fail the job, naming it
         return {**_rejected(Rejection("", str(exc))), "status": STORAGE_ERROR}
-    return _rejected(Rejection(reasons.PROBE_FAILED, f"{type(exc).__name__}: {exc}"))
+    return _rejected(Rejection(reasons.PROBE_FAILED, scrub_text(f"{type(exc).__name__}: {exc}")))
 
 
 HASH_CHUNK = 8 << 20

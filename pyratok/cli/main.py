@@ -13,8 +13,42 @@ app = typer.Typer(
 )
 
 
+def version_text() -> str:
+    """``pyratok <version>`` (+ the git commit of a source checkout), then the versions that decide results."""
+    import importlib.metadata as md
+    import subprocess
+    from pathlib import Path
+
+    def installed(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    line = f"pyratok {installed('pyratok')}"
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+        line += f" (git {commit})" if commit else ""
+    libs = ("torch", "ray", "deepspeed", "diffusers", "transformers", "peft", "webdataset", "mlflow")
+    return "\n".join([line, *(f"  {lib} {installed(lib)}" for lib in libs)])
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version of pyratok and of the libraries it runs on, then exit."),
+) -> None:
     """Ingest video datasets into WebDataset shards, recaption them, and train the PyraTok tokenizer on Ray."""
 
 

@@ -115,11 +115,42 @@ def rerun(
 
 
 @app.command("status")
-def status(config: ConfigOpt = None, sets: SetOpt = None) -> None:
+def status(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON (for scripts), not a table.")] = False,
+) -> None:
     """Each stage with its state, timings, outputs and MLflow run."""
     with user_errors():
         runner = _runner(config, sets, None)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(status_document(runner), indent=2, sort_keys=True))
+        return
     _print_status(runner)
+
+
+def status_document(runner) -> dict:
+    """What ``pipeline status`` shows, as data: the root, each stage in order, the lock holder."""
+    from pyratok.workflow.lock import holder_is_dead, holder_is_stale
+
+    stages = []
+    for view in runner.views():
+        rec = view.record
+        stages.append({
+            "stage": view.name, "state": view.state, "recorded_status": rec.status, "attempts": rec.attempts,
+            "started_at": rec.started_at, "ended_at": rec.ended_at, "duration_s": rec.duration_s,
+            "outputs": dict(rec.outputs), "error": rec.error, "mlflow_run_id": rec.mlflow_run_id,
+            "fingerprint": rec.fingerprint, "current_fingerprint": view.current_fingerprint,
+        })  # fmt: skip
+    holder = runner.lock_holder()
+    lock = None
+    if holder is not None:
+        gone = holder_is_dead(holder) or holder_is_stale(holder, runner.config.pipeline.lock)
+        lock = {"host": holder.host, "pid": holder.pid, "user": holder.user, "started_at": holder.started_at,
+                "heartbeat_at": holder.heartbeat_at, "stale": bool(gone)}  # fmt: skip
+    return {"root": runner.root, "stages": stages, "lock": lock}
 
 
 def _print_status(runner) -> None:

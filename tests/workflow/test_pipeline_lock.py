@@ -203,6 +203,11 @@ def test_a_killed_driver_shows_interrupted_and_the_next_run_resumes(tmp_path):
     status = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert status.returncode == 0 and "interrupted" in status.stdout
     assert f"stale lock of a gone driver: pid {proc.pid} on host {HOST}" in " ".join(status.stdout.split())
+    as_json = subprocess.run([*cmd, "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    document = json.loads(as_json.stdout)
+    assert [(s["stage"], s["state"], s["recorded_status"]) for s in document["stages"]] == [
+        ("sample-data", "interrupted", "running")]
+    assert (document["lock"]["pid"], document["lock"]["host"], document["lock"]["stale"]) == (proc.pid, HOST, True)
 
     again = run(work)  # no --take-over needed: the holder's process is gone from this host
     assert again.returncode == 0, again.stderr

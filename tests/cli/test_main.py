@@ -1,0 +1,22 @@
+"""The top-level CLI: ``pyratok --version``."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_version_names_pyratok_its_commit_and_the_libraries():
+    out = subprocess.run([sys.executable, "-m", "pyratok.cli.main", "--version"], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"pyratok {md.version('pyratok')}")
+    if (REPO / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+        assert f"(git {head})" in lines[0]
+    assert f"  torch {md.version('torch')}" in lines and f"  ray {md.version('ray')}" in lines
