@@ -36,7 +36,9 @@ def tiny(kind: str = "wan2.2") -> ModelConfig:
         # Lighter masking than MaskGIT's schedule (mean ~64 % of patches + 30 % of frames): a tiny model trained
         # for ~100 steps learns to inpaint instead of to reconstruct (measured: val PSNR 14.3 vs 17.2 dB at step 100).
         "masking": {"spatial_max_ratio": 0.25, "frame_ratio": 0.1},
-        "losses": {"lpips": {"max_frames": 2}},
+        # LPIPS needs VGG16 weights, which nothing offline ships: off here, said once, instead of a warning per
+        # model load. A preset that enables it without ``vgg_weights`` still gets the LPIPS-is-off warning.
+        "losses": {"lpips": {"enabled": False, "max_frames": 2}},
     })
 
 

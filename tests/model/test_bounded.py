@@ -32,6 +32,7 @@ def model():
     m.lpips = Lpips()  # random VGG: the LPIPS path runs too (on sampled frames)
     m.lpips.features.apply(lambda mod: torch.nn.init.normal_(mod.weight, std=0.2) if hasattr(mod, "weight") else None)
     m.config.losses.lpips.max_frames = 3
+    m.config.losses.lpips.enabled = True  # the tiny preset has it off (no VGG16 weights offline)
     return m.train()
 
 

@@ -73,7 +73,7 @@ def test_model_uses_lpips_when_weights_are_configured(vgg_file):
     from tests.model.conftest import build
 
     vgg, lin = vgg_file
-    model = build("wan2.2", losses={"lpips": {"vgg_weights": str(vgg), "lin_weights": str(lin)}})
+    model = build("wan2.2", losses={"lpips": {"enabled": True, "vgg_weights": str(vgg), "lin_weights": str(lin)}})
     out = model(clip(5, 32, 32), ["x"])
     assert "lpips" in out.losses and out.losses["lpips"].item() > 0
     assert not any(k.startswith("lpips.") for k in persistent_keys(model.state_dict(), model.config))
