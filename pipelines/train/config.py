@@ -208,6 +208,7 @@ class TrackingCadence(StrictModel):
     log_model: bool = True
     """Log the exported tokenizer of the final checkpoint as run artifacts (``model/``)."""
     progress_bar: bool = True
+    """A live step bar on the driver's terminal (never in a log: there the per-log-step lines show progress)."""
 
 
 class FailureSection(StrictModel):

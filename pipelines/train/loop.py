@@ -45,6 +45,9 @@ class TrainJob:
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     torch_extensions_dir: str | None = None
+    progress_bar: bool = False
+    """Rank 0 draws a live bar (Ray's tqdm, rendered by the driver): only when the driver's console is a
+    terminal. In a log the workers' plain per-``log_every_n_steps`` lines are the progress."""
     extra_meta: dict = field(default_factory=dict)
 
 
@@ -233,7 +236,7 @@ class StageLoop:
         self.bar = None
 
     def _progress_bar(self, initial: int):
-        if self.rank != 0 or not self.train.tracking.progress_bar:
+        if self.rank != 0 or not self.job.progress_bar:
             return None
         try:
             from ray.experimental.tqdm_ray import tqdm

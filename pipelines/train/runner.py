@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -206,6 +207,7 @@ def run_training(
             tracking_uri=tracking_uri,
             mlflow_run_id=run_id,
             torch_extensions_dir=_extensions_dir(cfg),
+            progress_bar=train.tracking.progress_bar and sys.stdout.isatty(),
         )
         result = _fit(job, cfg, storage, storage_path, run_name)
         checkpoint_uri = checkpoint_uri_of(result.checkpoint.path, storage_path)

@@ -38,8 +38,8 @@ def version_text() -> str:
     return "\n".join([line, *(f"  {lib} {installed(lib)}" for lib in libs)])
 
 
-def _print_version(value: bool) -> None:
-    if value:
+def _print_version(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
         typer.echo(version_text())
         raise typer.Exit()
 

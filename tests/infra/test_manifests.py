@@ -39,11 +39,12 @@ def containers(pod_template: dict) -> list[dict]:
 def parse_cli(argv: list[str]):
     """Parse ``argv`` with the real CLI (no command runs); returns the leaf command's context."""
     command, name, rest, parent = typer.main.get_command(app), "pyratok", list(argv), None
-    while hasattr(command, "commands") and rest and rest[0] in command.commands:  # our groups take no options
+    while hasattr(command, "commands") and rest and rest[0] in command.commands:  # groups: options before the command
         parent = command.make_context(name, [], parent=parent, resilient_parsing=True)
         name = rest.pop(0)
         command = command.commands[name]
-    ctx = command.make_context(name, rest, parent=parent)
+    # a group's own option (pyratok --version) parses without running its eager callback
+    ctx = command.make_context(name, rest, parent=parent, resilient_parsing=hasattr(command, "commands"))
     if name == "submit":  # what follows `--` must parse as the submitted stage's own arguments
         words, stage_args, _ = resolve_command(ctx.params["stage"], list(ctx.args))
         return parse_cli([*words, *stage_args])
