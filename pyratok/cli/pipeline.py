@@ -86,6 +86,41 @@ def _execute(runner, **kwargs) -> None:
     finally:
         shutdown_ray()
     _print_status(runner)
+    for line in next_steps(runner):
+        typer.echo(line)
+
+
+TRAIN_STAGES = ("train3", "train2", "train1")
+
+
+def next_steps(runner) -> list[str]:
+    """What a user does with a finished pipeline: the tokenizer, the MLflow UI, one command to try it."""
+    import glob
+    import os
+
+    from pyratok.core.storage import is_s3
+    from pyratok.core.secrets import strip_url_credentials
+    from pyratok.core.tracking import resolve_tracking_uri
+
+    records = runner.load().stages
+    done = [name for name in TRAIN_STAGES if name in records and records[name].status == "completed"]
+    lines = []
+    model = records[done[0]].outputs.get("model") if done else None
+    if model:
+        lines.append(f"tokenizer ({done[0]}): {model}")
+    cfg = runner.config
+    if cfg.tracking.enabled:
+        uri = resolve_tracking_uri(cfg.tracking, cfg.work_dir)
+        if uri.startswith(("http://", "https://")):
+            lines.append(f"MLflow: {strip_url_credentials(uri)}  (experiment {cfg.tracking.experiment})")
+        else:
+            lines.append(f"browse the runs: mlflow ui --backend-store-uri {uri}")
+    if model:
+        corpus = records.get("sample-data").outputs.get("corpus") if "sample-data" in records else None
+        videos = sorted(glob.glob(os.path.join(corpus, "**", "*.mp4"), recursive=True)) if corpus and not is_s3(corpus) else []
+        video = videos[0] if videos else "<your video.mp4>"
+        lines.append(f"try it: pyratok reconstruct --model {model} --video {video} --max-frames 17 --out reconstruction.mp4")
+    return lines
 
 
 @app.command("run")

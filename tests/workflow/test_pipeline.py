@@ -169,3 +169,20 @@ def test_an_interrupted_pipeline_resumes_at_the_interrupted_stage(built):
     configure(runner.config.tracking, runner.config.work_dir)
     resumed = mlflow.MlflowClient().get_run(state.stages["train2"].mlflow_run_id)
     assert "pyratok.train.resumed_run" in resumed.data.tags  # continued from the killed run's checkpoint
+
+
+def test_a_finished_run_says_where_the_tokenizer_is_and_how_to_try_it(built):
+    from pyratok.cli.pipeline import next_steps
+    from pyratok.core.tracking import resolve_tracking_uri
+
+    runner = runner_for(built)
+    records = runner.load().stages
+    model = records["train3"].outputs["model"]
+    tokenizer, mlflow_line, try_it = next_steps(runner)
+    assert tokenizer == f"tokenizer (train3): {model}"
+    uri = resolve_tracking_uri(runner.config.tracking, runner.config.work_dir)
+    assert mlflow_line == f"browse the runs: mlflow ui --backend-store-uri {uri}" and uri.startswith("sqlite:///")
+    words = try_it.removeprefix("try it: ").split()
+    assert words[:4] == ["pyratok", "reconstruct", "--model", model]
+    video = words[words.index("--video") + 1]
+    assert video.startswith(records["sample-data"].outputs["corpus"]) and os.path.isfile(video)
