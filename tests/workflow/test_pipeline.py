@@ -173,6 +173,7 @@ def test_an_interrupted_pipeline_resumes_at_the_interrupted_stage(built):
 
 def test_a_finished_run_says_where_the_tokenizer_is_and_how_to_try_it(built):
     from pyratok.cli.pipeline import next_steps
+    from pyratok.core.secrets import strip_url_credentials
     from pyratok.core.tracking import resolve_tracking_uri
 
     runner = runner_for(built)
@@ -180,8 +181,15 @@ def test_a_finished_run_says_where_the_tokenizer_is_and_how_to_try_it(built):
     model = records["train3"].outputs["model"]
     tokenizer, mlflow_line, try_it = next_steps(runner)
     assert tokenizer == f"tokenizer (train3): {model}"
-    uri = resolve_tracking_uri(runner.config.tracking, runner.config.work_dir)
-    assert mlflow_line == f"browse the runs: mlflow ui --backend-store-uri {uri}" and uri.startswith("sqlite:///")
+    uri = resolve_tracking_uri(runner.config.tracking, runner.config.work_dir)  # the suite's server, or sqlite alone
+    if uri.startswith("http"):
+        assert mlflow_line == f"MLflow: {strip_url_credentials(uri)}  (experiment pipeline-test)"
+    else:
+        assert mlflow_line == f"browse the runs: mlflow ui --backend-store-uri {uri}"
+    served = next_steps(runner_for(built, "tracking.tracking_uri=http://someone:s3cret@127.0.0.1:5000"))[1]
+    assert served == "MLflow: http://127.0.0.1:5000  (experiment pipeline-test)"  # no credentials printed
+    local = next_steps(runner_for(built, f"tracking.tracking_uri=sqlite:///{built}/mlflow.db"))[1]
+    assert local == f"browse the runs: mlflow ui --backend-store-uri sqlite:///{built}/mlflow.db"
     words = try_it.removeprefix("try it: ").split()
     assert words[:4] == ["pyratok", "reconstruct", "--model", model]
     video = words[words.index("--video") + 1]
