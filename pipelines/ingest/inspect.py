@@ -67,9 +67,10 @@ class Inspector:
         if isinstance(source, dict):
             return source
         try:
-            info, plan = self._plan(row, source)
+            plan = self._plan(row, source)
         except Exception as exc:  # noqa: BLE001 - one odd file must not kill the task; keep the evidence
             return _outcome_of(exc)
+        info = source.info
         fraction = plan.duration_s / info.duration_s if info.duration_s > 0 else 1.0
         return {
             "status": ACCEPTED,
@@ -105,7 +106,7 @@ class Inspector:
         sha256 = self._content_sha256(uri) if self.cfg.dedup.content else ""
         return SourceFile(access=access, target=target, info=info, sha256=sha256)
 
-    def _plan(self, row: dict[str, Any], source: "SourceFile") -> tuple[VideoInfo, ClipPlan]:
+    def _plan(self, row: dict[str, Any], source: "SourceFile") -> ClipPlan:
         execution = self.cfg.execution
 
         def find_keyframes(at_s: float, tolerance_s: float) -> list[float]:
@@ -123,7 +124,7 @@ class Inspector:
         rejection = filters.check_duration(plan.duration_s, self.cfg.filters)
         if rejection:
             raise RejectError(*rejection)
-        return source.info, plan
+        return plan
 
     def _content_sha256(self, uri: str) -> str:
         """sha256 of the source file (streamed; the exact-duplicate check compares it with the window)."""

@@ -168,7 +168,7 @@ def status(
 
 def status_document(runner) -> dict:
     """What ``pipeline status`` shows, as data: the root, each stage in order, the lock holder."""
-    from pyratok.workflow.lock import holder_is_dead, holder_is_stale
+    from pyratok.workflow.lock import holder_is_live
 
     stages = []
     for view in runner.views():
@@ -182,7 +182,7 @@ def status_document(runner) -> dict:
     holder = runner.lock_holder()
     lock = None
     if holder is not None:
-        gone = holder_is_dead(holder) or holder_is_stale(holder, runner.config.pipeline.lock)
+        gone = not holder_is_live(holder, runner.config.pipeline.lock)
         lock = {"host": holder.host, "pid": holder.pid, "user": holder.user, "started_at": holder.started_at,
                 "heartbeat_at": holder.heartbeat_at, "stale": bool(gone)}  # fmt: skip
     return {"root": runner.root, "stages": stages, "lock": lock}
@@ -193,7 +193,7 @@ def _print_status(runner) -> None:
     from rich.table import Table
 
     from pyratok.core.tracking import configure, run_url
-    from pyratok.workflow.lock import holder_is_dead, holder_is_stale
+    from pyratok.workflow.lock import holder_is_live
 
     table = Table(title=f"pipeline at {runner.root}", title_justify="left")
     for col in ("stage", "state", "finished", "took", "outputs", "MLflow run"):
@@ -216,7 +216,7 @@ def _print_status(runner) -> None:
         table.add_row(view.name, f"[{colour}]{view.state}[/{colour}]", finished, took, outputs, link)
     holder = runner.lock_holder()
     if holder is not None:
-        gone = holder_is_dead(holder) or holder_is_stale(holder, runner.config.pipeline.lock)
+        gone = not holder_is_live(holder, runner.config.pipeline.lock)
         table.caption = f"{'stale lock of a gone driver' if gone else 'in use by'}: {holder.describe()}"
         table.caption_justify = "left"
     Console(stderr=False, width=160).print(table)
