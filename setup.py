@@ -8,6 +8,9 @@ generic top-level names `pipelines` and `model` in a user's environment.
 from setuptools import find_packages, setup
 
 ROOTS = {"pyratok": "pyratok", "pyratok.pipelines": "pipelines", "pyratok.model": "model"}
+# Data the code looks up at run time, shipped inside the wheel (importlib.resources finds it from
+# any working directory): the presets and the DeepSpeed JSONs they name.
+DATA = {"pyratok.presets": ("configs", ["*.yaml"]), "pyratok.deepspeed_configs": ("infra/deepspeed", ["*.json"])}
 
 
 def _packages() -> list[str]:
@@ -20,7 +23,7 @@ def _packages() -> list[str]:
 
 
 setup(
-    packages=_packages(),
-    package_dir=ROOTS,
-    package_data={"pyratok": ["py.typed"]},
+    packages=_packages() + sorted(DATA),
+    package_dir={**ROOTS, **{name: folder for name, (folder, _) in DATA.items()}},
+    package_data={"pyratok": ["py.typed"], **{name: files for name, (_, files) in DATA.items()}},
 )

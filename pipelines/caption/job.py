@@ -281,9 +281,13 @@ def run_caption(
     )  # fmt: skip
     cache_dir = str(Path(ccfg.model_cache_dir or Path(cfg.work_dir) / "model-cache").expanduser().resolve())
     tags = {"pyratok.caption_version": version}
-    with stage_run(cfg.tracking, cfg.work_dir, STAGE, cfg, parent_run_id=parent_run_id, tags=tags) as run:
+    with stage_run(cfg.tracking, cfg.work_dir, STAGE, cfg, parent_run_id=parent_run_id, tags=tags,
+                   sections=("caption",)) as run:
         if run is not None:
+            from pyratok.core.tracking import log_dataset
+
             result.run_id = run.info.run_id
+            log_dataset(storage, root, "caption")
         if tasks:
             init_ray(cfg.ray, address)
             committer = ShardCommitter(storage, root, version, tasks, ccfg.samples_to_log)

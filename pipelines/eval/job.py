@@ -144,13 +144,15 @@ def run_eval(cfg, *, model: str, data: str, caption_version: str | None = None, 
     import ray.data
 
     from pyratok.core.ray_runtime import init_ray
-    from pyratok.core.tracking import configure, stage_run
+    from pyratok.core.tracking import configure, resolve_tracking_uri, stage_run
     from pyratok.pipelines.caption.sidecars import resolve_dataset_root, resolve_version
 
     ecfg: EvalConfig = cfg.eval
     storage = Storage(cfg.storage)
+    tracking_uri = None
     if cfg.tracking.enabled:
         configure(cfg.tracking, cfg.work_dir)  # a run id in --model resolves against this store
+        tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.work_dir)
     model_uri, model_run = resolve_model(storage, model)
     root = resolve_dataset_root(storage, data)
     val = val_clips(storage, root, ecfg.max_clips)
@@ -168,9 +170,13 @@ def run_eval(cfg, *, model: str, data: str, caption_version: str | None = None, 
     if stage is not None:
         tags["pyratok.eval.after_stage"] = str(stage)
     result = EvalResult(model=model_uri, dataset=root)
-    with stage_run(cfg.tracking, cfg.work_dir, STAGE, cfg, parent_run_id=parent_run_id, tags=tags) as run:
+    with stage_run(cfg.tracking, cfg.work_dir, STAGE, cfg, parent_run_id=parent_run_id, tags=tags,
+                   sections=("eval",)) as run:
         if run is not None:
+            from pyratok.core.tracking import log_dataset
+
             result.run_id = run.info.run_id
+            log_dataset(storage, root, "validation")
         init_ray(cfg.ray, address)
         items = [{"shard": shard, "uri": shard_uri(root, shard), "keys": list(keys), "captions": captions.get(shard, {})}
                  for shard, keys in val.groupby("shard")["key"]]
@@ -180,7 +186,7 @@ def run_eval(cfg, *, model: str, data: str, caption_version: str | None = None, 
             EvalWorker,
             fn_constructor_kwargs={"model_uri": model_uri, "eval_cfg": ecfg.model_dump(mode="json"),
                                    "storage": storage.config.model_dump(mode="json"), "sample_keys": sample_keys,
-                                   "baseline": baseline},
+                                   "baseline": baseline, "tracking_uri": tracking_uri},
             batch_size=ecfg.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=ecfg.concurrency),
             num_cpus=ecfg.num_cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor or None,
@@ -199,9 +205,24 @@ def run_eval(cfg, *, model: str, data: str, caption_version: str | None = None, 
         aggregate(result, rows, cfg, expected=len(val))
         if run is not None:
             log_eval(result, rows, ecfg, stage=stage, parent_run_id=parent_run_id)
+            if cfg.tracking.registered_model:
+                _tag_registered_version(cfg.tracking.registered_model, model_uri, result)
     for line in result.summary_lines():
         log.info("%s", line)
     return result
+
+
+REGISTRY_METRICS = ("psnr", "ssim", "lpips", "rfvd", "psnr_gain_db", "codebook/all/utilisation")
+
+
+def _tag_registered_version(name: str, model_uri: str, result: EvalResult) -> None:
+    """The headline metrics onto the Model Registry version of the measured tokenizer (when it has one)."""
+    from pyratok.core.registry import tag_eval
+
+    metrics = {k: result.metrics[k] for k in REGISTRY_METRICS if k in result.metrics and math.isfinite(result.metrics[k])}
+    version = tag_eval(name, model_uri, metrics)
+    if version is not None:
+        log.info("eval metrics tagged on models:/%s/%s", name, version)
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -73,10 +73,13 @@ def side_by_side_mp4(original: torch.Tensor, recon: torch.Tensor, fps: float = 8
 
 class EvalWorker:
     def __init__(self, *, model_uri: str, eval_cfg: dict, storage: dict, sample_keys: list[str],
-                 baseline: dict | None = None, device: str | None = None):  # fmt: skip
+                 baseline: dict | None = None, device: str | None = None, tracking_uri: str | None = None):  # fmt: skip
         from pyratok.model import PyraTok
         from pyratok.model.config import ModelConfig
+        from pyratok.model.sources import use_tracking_server_for
         from pyratok.pipelines.eval.features import load_extractor
+
+        use_tracking_server_for(model_uri, tracking_uri)
 
         self.cfg = EvalConfig.model_validate(eval_cfg)
         self.storage = Storage(StorageConfig.model_validate(storage))

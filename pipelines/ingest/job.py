@@ -119,7 +119,8 @@ def run_ingest(
     root = resolve_output(cfg, output)
     storage = Storage(cfg.storage)
     resolved = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"inputs": specs, "output": root})})
-    with stage_run(cfg.tracking, cfg.work_dir, STAGE, resolved, parent_run_id=parent_run_id) as run:
+    with stage_run(cfg.tracking, cfg.work_dir, STAGE, resolved, parent_run_id=parent_run_id,
+                   sections=("ingest", "storage")) as run:
         job = IngestJob(storage=storage, cfg=resolved.ingest, root=root, overwrite=overwrite)
         try:
             result = job.run(lambda: init_ray(cfg.ray, address))

@@ -34,7 +34,7 @@ TRAIN_STATE_DIR = "train_state"
 MODEL_URI_TAG = "pyratok.train.model_uri"
 CHECKPOINT_URI_TAG = "pyratok.train.checkpoint_uri"
 INIT_RUN_TAG = "pyratok.train.init_from_run"
-RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")
+RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})(?:/model)?/?$")
 
 
 @dataclass
@@ -122,11 +122,25 @@ class InitSource:
 
 
 def resolve_init_from(storage: Storage, spec: str) -> InitSource:
-    """A model folder, checkpoint folder or MLflow run id -> the exported model to start from."""
+    """The exported model to start from, named by: a model folder, a training checkpoint (local or
+    s3://), an MLflow run id / ``runs:/<id>[/model]``, a registered ``models:/<name>@<alias>`` (or
+    ``/<version>``, ``/latest``), another ``runs:/`` artifact path, or a Hugging Face Hub repo id.
+
+    A run or registered version of ours resolves to the checkpoint it exported (every worker reads
+    that from shared storage) while it still exists; otherwise the MLflow URI itself is loaded.
+    """
+    from pyratok.model.sources import hub_repo, is_mlflow_uri
+
     spec = str(spec).strip()
     match = RUN_ID.match(spec)
     if match and not storage.exists(spec):
-        return _from_run(match.group(2))
+        return _from_run(match.group(2), fallback=f"runs:/{match.group(2)}/{MODEL_DIR}")
+    if spec.startswith("models:/"):
+        return _from_registry(storage, spec)
+    if is_mlflow_uri(spec):
+        return InitSource(spec, None)
+    if not is_s3(spec) and not Path(spec).expanduser().exists() and hub_repo(spec) is not None:
+        return InitSource(spec, None)
     if not is_s3(spec):
         spec = str(Path(spec).expanduser().resolve())
     if storage.exists(join(spec, MODEL_DIR)) or _has_files(storage, join(spec, MODEL_DIR)):
@@ -153,7 +167,26 @@ def _try_meta(storage: Storage, checkpoint_uri: str) -> dict:
         return {}
 
 
-def _from_run(run_id: str) -> InitSource:
+def _from_registry(storage: Storage, spec: str) -> InitSource:
+    import mlflow
+
+    from pyratok.model.sources import pin_model_version
+
+    pinned = pin_model_version(spec)
+    name, _, number = pinned[len("models:/"):].partition("/")
+    client = mlflow.MlflowClient()
+    version = client.get_model_version(name, number)
+    if version.run_id and str(version.source).rstrip("/") == f"runs:/{version.run_id}/{MODEL_DIR}":
+        try:
+            uri = client.get_run(version.run_id).data.tags.get(MODEL_URI_TAG)
+        except Exception:  # noqa: BLE001 - the run was deleted: the registered files still load
+            uri = None
+        if uri and _has_files(storage, uri):
+            return InitSource(uri, version.run_id)
+    return InitSource(pinned, version.run_id or None)
+
+
+def _from_run(run_id: str, *, fallback: str | None = None, storage: Storage | None = None) -> InitSource:
     import mlflow
 
     try:
@@ -161,6 +194,8 @@ def _from_run(run_id: str) -> InitSource:
     except Exception as exc:  # noqa: BLE001 - mlflow raises its own types for unknown runs
         raise FileNotFoundError(f"--init-from {run_id}: no such MLflow run at {mlflow.get_tracking_uri()} ({exc})") from None
     uri = run.data.tags.get(MODEL_URI_TAG)
+    if uri and fallback and not _has_files(storage or Storage(), uri):
+        return InitSource(fallback, run_id)  # the checkpoint is gone; the run's logged copy is not
     if not uri:
         raise FileNotFoundError(
             f"--init-from {run_id}: MLflow run has no {MODEL_URI_TAG} tag (status {run.info.status}); "

@@ -203,7 +203,7 @@ class TrackingCadence(StrictModel):
 
     log_every_n_steps: int = Field(10, ge=1)
     sample_every_n_steps: int = Field(500, ge=1)
-    """Input/reconstruction frame grids as artifacts (``samples/step_XXXXXXX.png``)."""
+    """Input/reconstruction frame grids as the run's ``samples`` image series (``log_image(key=, step=)``)."""
     sample_frames: int = Field(4, ge=1)
     log_model: bool = True
     """Log the exported tokenizer of the final checkpoint as run artifacts (``model/``)."""

@@ -44,6 +44,7 @@ from pyratok.pipelines.train.buckets import (
 )
 from pyratok.pipelines.train.config import DataSection, FrameRange, ResolutionRange
 from pyratok.pipelines.train.decode import ClipDecodeError, decode_clip
+from pyratok.pipelines.train.shuffle import buffered_shuffle
 
 log = get_logger(__name__)
 
@@ -181,7 +182,6 @@ class ClipStream(IterableDataset):
 
     def encoded(self, epoch: int, consumer: int, consumers: int) -> Iterator[dict]:
         """This consumer's raw samples for the epoch, shuffled (deterministically)."""
-        from webdataset.filters import _shuffle
         from webdataset.tariterators import group_by_keys, tar_file_expander
 
         shards, stride = self.epoch_shards(epoch, consumer, consumers)
@@ -189,7 +189,7 @@ class ClipStream(IterableDataset):
         if stride is not None:
             samples = (s for i, s in enumerate(samples) if i % stride == consumer)
         rng = seeded_rng(self.spec.seed, "samples", epoch, consumer)
-        return _shuffle(iter(samples), bufsize=self.spec.data.shuffle_buffer, initial=self.spec.data.shuffle_initial, rng=rng)
+        return buffered_shuffle(samples, bufsize=self.spec.data.shuffle_buffer, initial=self.spec.data.shuffle_initial, rng=rng)
 
     # -- parsing -------------------------------------------------------------
     def _skip(self, reason: str, key: str, detail: str) -> None:

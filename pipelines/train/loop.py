@@ -70,6 +70,9 @@ def build_model(job: TrainJob, cfg, storage: Storage):
     from pyratok.model import PyraTok
 
     if job.init_model_uri:
+        from pyratok.model.sources import use_tracking_server_for
+
+        use_tracking_server_for(job.init_model_uri, job.tracking_uri)
         # Architecture and weights from the previous stage; this stage's loss settings on top.
         return PyraTok.from_pretrained(job.init_model_uri, storage=storage, **stage_model_overrides(cfg.model))
     return PyraTok.from_config(cfg.model, storage=storage)

@@ -42,6 +42,8 @@ class TrainResult:
     """Steps the run restarted from (worker failures recovered by Ray Train, or --resume)."""
     init_from_run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    registered: str | None = None
+    """``models:/<name>/<version>`` of this stage's tokenizer in the Model Registry (alias ``stage<N>``)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,10 +178,12 @@ def run_training(
         tags[INIT_RUN_TAG] = init.run_id
     if previous.get("mlflow_run_id"):
         tags[f"{RUN_TAG_PREFIX}resumed_run"] = previous["mlflow_run_id"]
-    with stage_run(cfg.tracking, cfg.work_dir, f"train-stage{stage}", cfg, tags=tags) as run:
+    with stage_run(cfg.tracking, cfg.work_dir, f"train-stage{stage}", cfg, tags=tags, sections=("model", "train")) as run:
         run_id = run.info.run_id if run is not None else None
         if run is not None:
-            from pyratok.core.tracking import log_params
+            from pyratok.core.tracking import log_dataset, log_params
+
+            log_dataset(storage, data, "training")
 
             log_params(
                 {
@@ -228,12 +232,32 @@ def run_training(
         )
         if run is not None:
             _log_outputs(storage, out, train.tracking.log_model, CHECKPOINT_URI_TAG, MODEL_URI_TAG)
+            if train.tracking.log_model and cfg.tracking.registered_model:
+                out.registered = _register(cfg.tracking.registered_model, out, data)
     log.info("stage %d finished at step %d: checkpoint %s, model %s, MLflow run %s", stage, out.steps, checkpoint_uri, model_uri, run_id)
     return out
 
 
 def _model_exists(storage: Storage, uri: str) -> bool:
-    return bool(storage.list(uri)) if is_s3(uri) else Path(uri).is_dir()
+    from pyratok.model.sources import is_reference
+
+    if is_s3(uri):
+        return bool(storage.list(uri))
+    return Path(uri).is_dir() or (not os.path.isabs(uri) and is_reference(uri))  # MLflow/Hub: checked on load
+
+
+def _register(name: str, out: TrainResult, data: str) -> str:
+    """The stage's tokenizer as a Model Registry version (alias ``stage<N>``); returns its ``models:/`` URI."""
+    from pyratok.core.registry import MODEL_URI_VERSION_TAG, register_tokenizer
+    from pyratok.core.tracking import STAGE_TAG
+    from pyratok.pipelines.train.checkpoint import INIT_RUN_TAG
+
+    tags = {STAGE_TAG: f"train-stage{out.stage}", "pyratok.stage": out.stage, MODEL_URI_VERSION_TAG: out.model_uri,
+            "pyratok.steps": out.steps, "pyratok.data": data, "pyratok.run_name": out.run_name}
+    if out.init_from_run_id:
+        tags[INIT_RUN_TAG] = out.init_from_run_id
+    version = register_tokenizer(name, out.mlflow_run_id, alias=f"stage{out.stage}", tags=tags)
+    return f"models:/{name}/{version.version}"
 
 
 def _filled_deepspeed(ds_config: dict | None, train) -> dict | None:
@@ -265,7 +289,10 @@ def _fit(job, cfg, storage: Storage, storage_path: str, run_name: str):
     if backend == "auto":
         backend = "nccl" if scaling.use_gpu else "gloo"
     path, filesystem = ray_storage(storage, storage_path)
-    trainer_cls = TorchTrainer if _has_state_api() else _trainer_without_cleaner()
+    from pyratok.core.ray_runtime import serves_state_api
+    from pyratok.pipelines.train.ray_compat import trainer_without_placement_group_cleaner
+
+    trainer_cls = TorchTrainer if serves_state_api() else trainer_without_placement_group_cleaner()
     trainer = trainer_cls(
         train_loop_per_worker,
         train_loop_config={"job": job},
@@ -288,33 +315,6 @@ def _fit(job, cfg, storage: Storage, storage_path: str, run_name: str):
         ),
     )
     return trainer.fit()
-
-
-def _has_state_api() -> bool:
-    """Whether the cluster serves Ray's State API (the dashboard's HTTP server). Our embedded local
-    Ray starts without it (``include_dashboard=False`` saves ~1 GB and 11 processes)."""
-    import ray
-
-    try:
-        return bool(ray._private.worker.get_dashboard_url())
-    except Exception:  # noqa: BLE001 - Ray Client drivers and older Rays: assume a full cluster
-        return True
-
-
-def _trainer_without_cleaner():
-    from ray.train.torch import TorchTrainer
-    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-
-    class Trainer(TorchTrainer):
-        """TorchTrainer minus the PlacementGroupCleaner: that detached actor asks the State API every
-        second whether the controller is alive. Without a State API every query fails (a warning per
-        second) or, with several Rays on the host, finds another cluster ("multiple active Ray
-        instances"); and an embedded Ray dies with its driver, placement groups included."""
-
-        def _create_default_callbacks(self):
-            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
-
-    return Trainer
 
 
 def _summarize(storage: Storage, checkpoint_uri: str, world_size: int) -> dict:

@@ -80,17 +80,23 @@ def state_digest(state: Any) -> str:
 
 
 # -- DeepSpeed config -------------------------------------------------------
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+SHIPPED_PREFIX = "infra/deepspeed/"
 
 
 def resolve_deepspeed_json(path: str) -> Path:
-    """A DeepSpeed JSON given absolute, relative to the working directory, or relative to the repo."""
+    """A DeepSpeed JSON given absolute or relative to the working directory; ``infra/deepspeed/<name>``
+    (how the presets name them) is also the copy shipped in the package, from any working directory."""
+    from pyratok.core.config import shipped_dir
+
     candidate = Path(path).expanduser()
-    for option in (candidate, repo_root() / candidate):
+    shipped = shipped_dir("pyratok.deepspeed_configs")
+    options = [candidate]
+    if path.startswith(SHIPPED_PREFIX) or "/" not in path:
+        options.append(shipped / candidate.name)
+    for option in options:
         if option.is_file():
             return option.resolve()
-    raise FileNotFoundError(f"DeepSpeed config {path!r} not found (looked in {Path.cwd()} and {repo_root()})")
+    raise FileNotFoundError(f"DeepSpeed config {path!r} not found (looked in {Path.cwd()} and {shipped})")
 
 
 def load_deepspeed_config(train: TrainConfig) -> dict:

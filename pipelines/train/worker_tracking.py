@@ -8,9 +8,7 @@ rank 0 logs into it by id through the client API.
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +41,9 @@ def frame_grid(video: torch.Tensor, recon: torch.Tensor | None, frames: int) -> 
     return np.concatenate(out, axis=0)
 
 
+SAMPLES_KEY = "samples"
+
+
 class RankZeroTracker:
     """MLflow logging by run id; a no-op when tracking is off."""
 
@@ -69,16 +70,11 @@ class RankZeroTracker:
             self.client.log_batch(self.run_id, metrics=items[start : start + 500])
 
     def sample(self, video: torch.Tensor, recon: torch.Tensor | None, step: int, frames: int) -> None:
-        """A PNG frame grid of the first clip of the batch, as ``samples/step_XXXXXXX.png``."""
+        """A frame grid of the first clip of the batch (input over reconstruction) as the run's ``samples``
+        image at ``step``: the MLflow UI shows them as one series with a step slider."""
         if not self.enabled:
             return
-        from PIL import Image
-
-        grid = frame_grid(video, recon, frames)
-        with tempfile.TemporaryDirectory(prefix="pyratok-sample-") as tmp:
-            path = Path(tmp) / f"step_{step:07d}.png"
-            Image.fromarray(grid).save(path)
-            self.client.log_artifact(self.run_id, str(path), "samples")
+        self.client.log_image(self.run_id, frame_grid(video, recon, frames), key=SAMPLES_KEY, step=step)
 
     def params(self, values: dict[str, str]) -> None:
         if not self.enabled:

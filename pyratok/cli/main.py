@@ -15,27 +15,13 @@ app = typer.Typer(
 
 def version_text() -> str:
     """``pyratok <version>`` (+ the git commit of a source checkout), then the versions that decide results."""
-    import importlib.metadata as md
-    import subprocess
-    from pathlib import Path
+    from pyratok.core.provenance import git_commit, installed_version
 
-    def installed(name: str) -> str:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return "not installed"
-
-    line = f"pyratok {installed('pyratok')}"
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / ".git").exists():
-        try:
-            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, timeout=10).stdout.strip()  # fmt: skip
-        except (OSError, subprocess.SubprocessError):
-            commit = ""
-        line += f" (git {commit})" if commit else ""
+    line = f"pyratok {installed_version('pyratok')}"
+    if (found := git_commit()) is not None:
+        line += f" (git {found[0][:7]}{', modified' if found[1] else ''})"
     libs = ("torch", "ray", "deepspeed", "diffusers", "transformers", "peft", "webdataset", "mlflow")
-    return "\n".join([line, *(f"  {lib} {installed(lib)}" for lib in libs)])
+    return "\n".join([line, *(f"  {lib} {installed_version(lib)}" for lib in libs)])
 
 
 def _print_version(ctx: typer.Context, value: bool) -> None:

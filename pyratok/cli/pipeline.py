@@ -105,21 +105,28 @@ def next_steps(runner) -> list[str]:
     records = runner.load().stages
     done = [name for name in TRAIN_STAGES if name in records and records[name].status == "completed"]
     lines = []
-    model = records[done[0]].outputs.get("model") if done else None
-    if model:
-        lines.append(f"tokenizer ({done[0]}): {model}")
+    outputs = records[done[0]].outputs if done else {}
+    files = outputs.get("model")
     cfg = runner.config
+    model = files
+    if outputs.get("registered") and cfg.tracking.registered_model:  # the alias stays put across reruns
+        model = f"models:/{cfg.tracking.registered_model}@stage{done[0].removeprefix('train')}"
+    if model:
+        lines.append(f"tokenizer ({done[0]}): {model}" + (f"  (files: {files})" if model != files else ""))
+    env = ""
     if cfg.tracking.enabled:
         uri = resolve_tracking_uri(cfg.tracking, cfg.work_dir)
         if uri.startswith(("http://", "https://")):
             lines.append(f"MLflow: {strip_url_credentials(uri)}  (experiment {cfg.tracking.experiment})")
         else:
             lines.append(f"browse the runs: mlflow ui --backend-store-uri {uri}")
+        if model != files and os.environ.get("MLFLOW_TRACKING_URI") != uri:
+            env = f"MLFLOW_TRACKING_URI={strip_url_credentials(uri)} "  # where models:/ resolves
     if model:
         corpus = records.get("sample-data").outputs.get("corpus") if "sample-data" in records else None
         videos = sorted(glob.glob(os.path.join(corpus, "**", "*.mp4"), recursive=True)) if corpus and not is_s3(corpus) else []
         video = videos[0] if videos else "<your video.mp4>"
-        lines.append(f"try it: pyratok reconstruct --model {model} --video {video} --max-frames 17 --out reconstruction.mp4")
+        lines.append(f"try it: {env}pyratok reconstruct --model {model} --video {video} --max-frames 17 --out reconstruction.mp4")
     return lines
 
 

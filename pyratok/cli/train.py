@@ -50,6 +50,9 @@ def train(
         echo("skipped samples: " + ", ".join(f"{k}={v}" for k, v in sorted(result.skipped.items())))
     echo(f"checkpoint: {result.checkpoint_uri}")
     echo(f"model: {result.model_uri}")
+    if result.registered:
+        name = result.registered.removeprefix("models:/").split("/")[0]
+        echo(f"registered: {result.registered} (alias models:/{name}@stage{result.stage})")
     if result.mlflow_run_id:
         from pyratok.core.tracking import run_url
 

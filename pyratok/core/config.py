@@ -37,11 +37,19 @@ class StrictModel(BaseModel):
 
 
 def repo_config_dir() -> Path:
-    """The presets shipped with the repo (``configs/``), or ``$PYRATOK_CONFIG_DIR``."""
+    """``$PYRATOK_CONFIG_DIR``, else the presets shipped in the package (the repo's ``configs/``
+    in an editable install, site-packages in a wheel install)."""
     env = os.environ.get(CONFIG_DIR_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "configs"
+    return shipped_dir("pyratok.presets")
+
+
+def shipped_dir(package: str) -> Path:
+    """The folder of a data-only package we ship (importlib.resources: any install, any working directory)."""
+    from importlib.resources import files
+
+    return Path(str(files(package)))
 
 
 def resolve_preset(name_or_path: str | os.PathLike) -> Path:

@@ -29,6 +29,17 @@ class RayConfig(StrictModel):
     runtime_env: dict = {}
 
 
+_DASHBOARD: dict[str, str] = {}
+"""``ray.init``'s public ``dashboard_url`` for the Ray this process connected to ("" when it has none)."""
+
+
+def serves_state_api() -> bool:
+    """Whether the connected Ray serves the State API (its dashboard). Unknown (Ray started by someone
+    else, e.g. inside a Ray job): assume a full cluster."""
+    url = _DASHBOARD.get("url")
+    return True if url is None else bool(url)
+
+
 def resolve_address(cfg: RayConfig, address: str | None = None) -> str | None:
     return address or cfg.address or os.environ.get("RAY_ADDRESS") or None
 
@@ -42,11 +53,14 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     target = resolve_address(cfg, address)
     if target and target != "local":
         log.info("connecting to Ray cluster at %s", target)
-        ray.init(address=target, namespace=cfg.namespace, runtime_env=cfg.runtime_env or None, log_to_driver=True)
+        context = ray.init(address=target, namespace=cfg.namespace, runtime_env=cfg.runtime_env or None,
+                           log_to_driver=True)
+        if hasattr(context, "dashboard_url"):  # a Ray Client context has none: unknown, assume a full cluster
+            _DASHBOARD["url"] = context.dashboard_url or ""
         return
     for key, value in LOCAL_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    ray.init(
+    context = ray.init(
         address="local",
         num_cpus=cfg.num_cpus,
         object_store_memory=cfg.object_store_memory_mb * 1024 * 1024,
@@ -56,6 +70,7 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
         log_to_driver=True,
         configure_logging=False,
     )
+    _DASHBOARD["url"] = getattr(context, "dashboard_url", None) or ""
     log.info("started a local Ray (%s CPUs)", int(ray.cluster_resources().get("CPU", 0)))
 
 
@@ -64,3 +79,4 @@ def shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    _DASHBOARD.clear()

@@ -1,8 +1,9 @@
 """MLflow helpers shared by every stage.
 
 One MLflow run per stage execution, optionally nested under a pipeline run;
-params = the resolved config (flattened, credentials redacted); metrics and
-artifacts logged by the stage. The driver creates the run and passes its id to
+params = the stage's own sections of the resolved config (flattened, credentials
+redacted, unset values left out), the whole resolved config as one ``config.yaml``
+artifact; metrics and artifacts logged by the stage. The driver creates the run and passes its id to
 Ray workers, which log into it by id (rank 0 only), so the run id is known and
 printed even before a distributed job starts.
 """
@@ -13,8 +14,9 @@ import contextlib
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from pydantic import BaseModel
 
@@ -39,6 +41,8 @@ class TrackingConfig(StrictModel):
     artifact_location: str | None = None
     """Artifact root for a new experiment (local dir or s3://). None: the server's default,
     or ``<work_dir>/mlflow-artifacts`` for the local sqlite store."""
+    registered_model: str | None = "pyratok"
+    """Model Registry name each training stage's tokenizer becomes a version of (alias ``stage<N>``); None: no registry."""
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, work_dir: str) -> str:
@@ -72,14 +76,23 @@ def configure(cfg: TrackingConfig, work_dir: str) -> str:
         return exp.experiment_id
 
 
-def config_params(config: BaseModel | dict) -> dict[str, str]:
-    """Flattened, redacted, MLflow-safe params from a resolved config."""
-    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
-    out = {}
-    for key, value in flatten(redact(data)).items():
-        text = "" if value is None else str(value)
-        out[key] = text[:MAX_PARAM_LEN]
-    return out
+CONFIG_ARTIFACT = "config.yaml"
+
+
+def config_params(config: BaseModel | dict, sections: Sequence[str] | None = None) -> dict[str, str]:
+    """Flattened, redacted, MLflow-safe params from a resolved config: only the dotted ``sections``
+    (e.g. ``("model", "train")``) when given; unset (None) values are no params at all."""
+    data = redact(config.model_dump(mode="json") if isinstance(config, BaseModel) else config)
+    if sections is not None:
+        picked: dict[str, Any] = {}
+        for section in sections:
+            value: Any = data
+            for part in section.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None:
+                picked.update(flatten(value, section))
+        data = picked
+    return {key: str(value)[:MAX_PARAM_LEN] for key, value in flatten(data).items() if value is not None}
 
 
 def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
@@ -103,19 +116,23 @@ def stage_run(
     parent_run_id: str | None = None,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    sections: Sequence[str] | None = None,
 ) -> Iterator[Any]:
     """Start (and end) the MLflow run of one stage execution.
 
-    Yields the active ``mlflow.ActiveRun``, or ``None`` when tracking is off. The
-    run ends FAILED if the body raises, FINISHED otherwise.
+    ``config``: the resolved config, logged whole as ``config.yaml``; its ``sections`` (all when
+    None) become the run's params. Yields the active ``mlflow.ActiveRun``, or ``None`` when
+    tracking is off. The run ends FAILED if the body raises, FINISHED otherwise.
     """
     if not cfg.enabled:
         yield None
         return
     import mlflow
 
+    from pyratok.core.provenance import run_tags
+
     experiment_id = configure(cfg, work_dir)
-    all_tags = {STAGE_TAG: stage, **(tags or {})}
+    all_tags = {STAGE_TAG: stage, **run_tags(), **(tags or {})}
     parent_run_id = parent_run_id or os.environ.get("PYRATOK_PARENT_RUN_ID")
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
@@ -129,7 +146,9 @@ def stage_run(
     status = "FAILED"
     try:
         if config is not None:
-            log_params(config_params(config), run.info.run_id)
+            log_params(config_params(config, sections), run.info.run_id)
+            data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+            mlflow.log_dict(redact(data), CONFIG_ARTIFACT)
         yield run
         status = "FINISHED"
     finally:
@@ -159,3 +178,32 @@ def run_url(run_id: str) -> str:
         run = mlflow.MlflowClient().get_run(run_id)
         return f"{strip_url_credentials(uri).rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
     return f"{strip_url_credentials(uri)} run {run_id}"
+
+
+def log_dataset(storage: Storage, root: str, context: str) -> str | None:
+    """The dataset root as an MLflow input of the active run (``log_input``), its digest the manifest's sha256.
+
+    Returns the digest, or None when the root has no manifest (nothing to pin it by).
+    """
+    import hashlib
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from pyratok.core.dataset import manifest_uri
+
+    uri = manifest_uri(root)
+    if not storage.exists(uri):
+        return None
+    sha = hashlib.sha256()
+    with storage.open_read(uri) as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(chunk)
+    digest = sha.hexdigest()[:16]
+    with warnings.catch_warnings():  # a local path matches two equivalent source types; MLflow says which it took
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(root)
+    dataset = MetaDataset(source, name=basename(root.rstrip("/")) or root, digest=digest)
+    mlflow.log_input(dataset, context=context)
+    return digest

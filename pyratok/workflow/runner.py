@@ -171,6 +171,7 @@ class PipelineRunner:
         with stage_run(
             self.config.tracking, self.config.work_dir, "pipeline", self.config,
             tags={"pyratok.pipeline_root": self.root, "pyratok.forced": ",".join(sorted(force))},
+            sections=("work_dir", "pipeline"),
         ) as parent:  # fmt: skip
             parent_id = parent.info.run_id if parent else None
             if parent_id:

@@ -89,7 +89,7 @@ def run_vae_warmup(ctx: StageContext) -> StageOutputs:
     from pyratok.pipelines.train.vae_warmup import warm_up_vae
 
     cfg, out = ctx.config, join(ctx.root, "vae-warmup", "vae")
-    with stage_run(cfg.tracking, cfg.work_dir, "vae-warmup", cfg) as run:
+    with stage_run(cfg.tracking, cfg.work_dir, "vae-warmup", cfg, sections=("train.vae_warmup", "model.backbone")) as run:
         init_ray(cfg.ray)
         task = ray.remote(num_cpus=cfg.train.vae_warmup.num_cpus)(warm_up_vae)
         result = ray.get(task.remote(cfg, data=ctx.output_of("ingest", "dataset"), out=out))
@@ -119,8 +119,11 @@ def _training_stage(stage: int):
         # Resume only what actually started: a stage that failed before training has no run to resume.
         resume = ctx.resume and ctx.storage.exists(latest_pointer_uri(default_storage_path(cfg), stage))
         result = run_training(cfg, stage=stage, data=data, caption_version=version, init_from=init_from, resume=resume)
+        outputs = {"checkpoint": result.checkpoint_uri, "model": result.model_uri, "steps": str(result.steps)}
+        if result.registered:
+            outputs["registered"] = result.registered
         return StageOutputs(
-            {"checkpoint": result.checkpoint_uri, "model": result.model_uri, "steps": str(result.steps)},
+            outputs,
             fingerprint({"checkpoint": result.checkpoint_uri, "steps": result.steps}),
             result.mlflow_run_id,
             {"steps": float(result.steps)},

@@ -17,6 +17,8 @@ def test_version_names_pyratok_its_commit_and_the_libraries():
     lines = out.stdout.splitlines()
     assert lines[0].startswith(f"pyratok {md.version('pyratok')}")
     if (REPO / ".git").exists():
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-        assert f"(git {head})" in lines[0]
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=REPO).stdout.strip()
+        assert f"(git {head[:7]}{', modified' if dirty else ''})" in lines[0]
     assert f"  torch {md.version('torch')}" in lines and f"  ray {md.version('ray')}" in lines

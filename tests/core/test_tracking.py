@@ -53,3 +53,39 @@ def test_stage_run_against_a_real_mlflow_server(mlflow_server, tmp_path):
         mlflow.log_metric("videos_per_s", 3.5)
     got = mlflow.MlflowClient(tracking_uri=mlflow_server).get_run(run.info.run_id)
     assert got.data.metrics["videos_per_s"] == 3.5 and got.data.params["k"] == "1"
+
+
+def test_a_stage_run_logs_its_own_sections_as_params_and_the_whole_config_as_yaml(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    config = {"train": {"lr": 0.1, "resume_from": None, "stages": {"stage1": {"steps": 5}}},
+              "caption": {"vllm": {"gpu_memory_utilization": 0.9}}, "model": {"backbone": {"path": "vae"}},
+              "storage": {"endpoint": "very-secret-value"}}
+    with stage_run(TrackingConfig(experiment="t"), str(tmp_path), "train-stage1", config,
+                   sections=("train", "model.backbone")) as run:
+        run_id = run.info.run_id
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).data.params == {"train.lr": "0.1", "train.stages.stage1.steps": "5",
+                                                  "model.backbone.path": "vae"}  # no caption.*, no unset value
+    logged = yaml.safe_load(open(client.download_artifacts(run_id, "config.yaml", str(tmp_path))))
+    assert logged == {**config, "storage": {"endpoint": REDACTED}}
+    assert config_params({"a": None, "b": {"c": None, "d": 1}}) == {"b.d": "1"}
+
+
+def test_every_stage_run_is_tagged_with_the_code_and_environment_that_made_it(tmp_path):
+    import hashlib
+    import subprocess
+    from importlib import metadata
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    with stage_run(TrackingConfig(experiment="t"), str(tmp_path), "ingest", {}) as run:
+        run_id = run.info.run_id
+    tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    assert tags["pyratok.version"] == metadata.version("pyratok")
+    assert tags["pyratok.lock_digest"] == hashlib.sha256((root / "requirements.lock").read_bytes()).hexdigest()[:16]
+    assert len(tags["pyratok.env_digest"]) == 16
+    if (root / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root).stdout.strip()
+        assert tags["pyratok.git_commit"] == head and tags["pyratok.git_dirty"] in ("true", "false")

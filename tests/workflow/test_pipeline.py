@@ -86,6 +86,30 @@ def test_full_pipeline_completes_and_lineage_traces_a_checkpoint_to_its_data(bui
     # every training stage starts from the warmed-up VAE
     warmed = state.stages["vae-warmup"].outputs["vae"]
     assert train1.data.params["model.backbone.path"] == warmed
+    # each stage's tokenizer is a Model Registry version under its stage alias, the final one with eval's metrics
+    for stage in (1, 2, 3):
+        record = state.stages[f"train{stage}"]
+        version = client.get_model_version_by_alias("pyratok", f"stage{stage}")
+        assert record.outputs["registered"] == f"models:/pyratok/{version.version}"
+        assert version.run_id == record.mlflow_run_id and version.source == f"runs:/{record.mlflow_run_id}/model"
+        assert version.tags["pyratok.model_uri"] == record.outputs["model"] and version.tags["pyratok.stage"] == str(stage)
+    final = client.get_model_version_by_alias("pyratok", "stage3")
+    assert float(final.tags["eval.psnr"]) == pytest.approx(evaluated.data.metrics["val/psnr"], rel=1e-5)
+    assert float(final.tags["eval.psnr_gain_db"]) == pytest.approx(evaluated.data.metrics["val/psnr_gain_db"], rel=1e-5)
+    assert "eval.psnr" not in client.get_model_version_by_alias("pyratok", "stage1").tags  # eval measured stage 3 only
+    # the dataset each run read is an MLflow input, pinned by the manifest's digest, its role the context
+    import hashlib
+
+    root = state.stages["ingest"].outputs["dataset"]
+    digest = hashlib.sha256(Path(root, "manifest.parquet").read_bytes()).hexdigest()[:16]
+    for name, context in (("caption", "caption"), ("train1", "training"), ("train3", "training"), ("eval", "validation")):
+        [used] = client.get_run(state.stages[name].mlflow_run_id).inputs.dataset_inputs
+        assert (used.dataset.digest, used.dataset.source) == (digest, f'{{"uri": "{root}"}}'), name
+        assert {t.key: t.value for t in used.tags}["mlflow.data.context"] == context
+    # each run's params are its own stage's; the whole resolved config is its config.yaml
+    assert not any(k.startswith(("caption.", "ingest.")) for k in train1.data.params)
+    assert all(k.startswith("caption.") for k in caption.data.params)
+    assert "config.yaml" in {a.path for a in client.list_artifacts(train1.info.run_id)}
 
 
 def test_second_run_skips_everything(built):
@@ -178,9 +202,9 @@ def test_a_finished_run_says_where_the_tokenizer_is_and_how_to_try_it(built):
 
     runner = runner_for(built)
     records = runner.load().stages
-    model = records["train3"].outputs["model"]
+    files = records["train3"].outputs["model"]
     tokenizer, mlflow_line, try_it = next_steps(runner)
-    assert tokenizer == f"tokenizer (train3): {model}"
+    assert tokenizer == f"tokenizer (train3): models:/pyratok@stage3  (files: {files})"  # a stable alias
     uri = resolve_tracking_uri(runner.config.tracking, runner.config.work_dir)  # the suite's server, or sqlite alone
     if uri.startswith("http"):
         assert mlflow_line == f"MLflow: {strip_url_credentials(uri)}  (experiment pipeline-test)"
@@ -191,6 +215,16 @@ def test_a_finished_run_says_where_the_tokenizer_is_and_how_to_try_it(built):
     local = next_steps(runner_for(built, f"tracking.tracking_uri=sqlite:///{built}/mlflow.db"))[1]
     assert local == f"browse the runs: mlflow ui --backend-store-uri sqlite:///{built}/mlflow.db"
     words = try_it.removeprefix("try it: ").split()
-    assert words[:4] == ["pyratok", "reconstruct", "--model", model]
+    env = [] if os.environ.get("MLFLOW_TRACKING_URI") == uri else [f"MLFLOW_TRACKING_URI={strip_url_credentials(uri)}"]
+    assert words[: len(env) + 4] == [*env, "pyratok", "reconstruct", "--model", "models:/pyratok@stage3"]
+    # the alias loads the very tokenizer the files hold
+    from safetensors.torch import load_file
+
+    from pyratok.model.sources import local_dir
+
+    mlflow.set_tracking_uri(uri)
+    fetched = load_file(str(local_dir("models:/pyratok@stage3", cache_dir=built / "alias-cache") / "model.safetensors"))
+    want = load_file(os.path.join(files, "model.safetensors"))
+    assert fetched.keys() == want.keys() and all(fetched[k].equal(want[k]) for k in want)
     video = words[words.index("--video") + 1]
     assert video.startswith(records["sample-data"].outputs["corpus"]) and os.path.isfile(video)

@@ -148,3 +148,28 @@ def test_cli_evaluates_an_mlflow_run_id_and_logs_the_results(val_dataset, model_
     assert {"eval/clips.json", "eval/config.json", "eval/samples"} <= artifacts
     samples = mlflow.MlflowClient().list_artifacts(out["mlflow_run_id"], "eval/samples")
     assert len(samples) == 2 and all(a.path.endswith(".mp4") for a in samples)
+
+
+def test_eval_of_a_registered_version_loads_it_from_mlflow_and_tags_its_metrics(val_dataset, model_dir, tmp_path,
+                                                                                 mlflow_server):
+    """A version registered from a run with no training checkpoint behind it (only MLflow has the files): the
+    eval actors download it from the tracking server, and the registry shows the version's scores."""
+    from pyratok.core.registry import register_tokenizer
+
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    experiment = mlflow.set_experiment("eval-registry-test")
+    run = client.create_run(experiment.experiment_id)
+    client.log_artifacts(run.info.run_id, model_dir, "model")
+    client.set_terminated(run.info.run_id)
+    name = f"eval-reg-{tmp_path.name}"[:60]
+    version = register_tokenizer(name, run.info.run_id, alias="candidate")
+    cfg = config(tmp_path, f"tracking.tracking_uri={mlflow_server}", "tracking.experiment=eval-registry-test",
+                 f"tracking.registered_model={name}")
+    got = run_eval(cfg, model=f"models:/{name}@candidate", data=val_dataset)
+    direct = run_eval(config(tmp_path / "direct", "tracking.enabled=false"), model=model_dir, data=val_dataset)
+    assert got.model == f"models:/{name}/{version.version}" and got.clips == 4
+    assert got.metrics["psnr"] == pytest.approx(direct.metrics["psnr"], rel=1e-6)
+    tags = client.get_model_version(name, version.version).tags
+    assert float(tags["eval.psnr"]) == pytest.approx(got.metrics["psnr"], rel=1e-5)
+    assert float(tags["eval.ssim"]) == pytest.approx(got.metrics["ssim"], rel=1e-5)

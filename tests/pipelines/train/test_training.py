@@ -115,9 +115,15 @@ def test_three_stages_deepspeed_ddp_chain_with_mlflow(stage1, mlflow_server, tra
         assert run.data.tags[CHECKPOINT_URI_TAG].endswith(f"checkpoint_step{(STEPS if stage == 1 else 2):07d}")
         assert run.data.tags[MODEL_URI_TAG].endswith("/model")
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"checkpoint.json", "model", "samples"} <= artifacts
+        assert {"checkpoint.json", "model", "images", "config.yaml"} <= artifacts
         assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/config.json", "model/model.safetensors"}
-        assert any(a.path.endswith(".png") for a in client.list_artifacts(run.info.run_id, "samples"))
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+        assert images and all(p.startswith("images/samples+step+") for p in images)  # one series, by step
+        # the exported tokenizer is a Model Registry version, its alias the stage, its files the checkpoint's
+        [version] = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+        assert version.name == "pyratok" and version.source == f"runs:/{run.info.run_id}/model"
+        assert version.tags["pyratok.model_uri"] == run.data.tags[MODEL_URI_TAG] and version.tags["pyratok.stage"] == str(stage)
+        assert client.get_model_version_by_alias("pyratok", f"stage{stage}").version == version.version
     assert "loss/ar" not in run1.data.metrics and "loss/ar" in run2.data.metrics and "loss/text_kl" in run2.data.metrics
     assert "loss/dino" in run3.data.metrics and "loss/dino" not in run2.data.metrics
     assert run2.data.tags[INIT_RUN_TAG] == stage1.mlflow_run_id and run3.data.tags[INIT_RUN_TAG] == stage2.mlflow_run_id
@@ -217,6 +223,12 @@ def test_init_from_latest_is_the_newest_finished_previous_stage_run(stage1, mlfl
     assert chosen.info.status == "FINISHED" and chosen.data.tags[STAGE_TAG] == "train-stage1"
     assert init.model_uri == chosen.data.tags[MODEL_URI_TAG]
     assert chosen.info.start_time >= mlflow.MlflowClient().get_run(stage1.mlflow_run_id).info.start_time
+
+    # a registered version or a runs:/ URI of a stage run: the checkpoint it exported, with its run for lineage
+    [version] = mlflow.MlflowClient().search_model_versions(f"run_id = '{stage1.mlflow_run_id}'")
+    for spec in (f"models:/pyratok/{version.version}", f"runs:/{stage1.mlflow_run_id}/model"):
+        init = _init_source(cfg2, storage, 2, spec, from_scratch=False, resumed=False, tracking=True)
+        assert (init.model_uri, init.run_id) == (stage1.model_uri, stage1.mlflow_run_id), spec
 
     # an experiment with no stage-1 run: a clear error, not a fresh start
     empty = load_stage_config("local", 2, [*tiny_train_overrides(tmp_path, 2, steps=1, tracking_uri=mlflow_server),

@@ -1,0 +1,1 @@
+"""The shipped presets, as package data (``importlib.resources.files("pyratok.presets")``)."""
