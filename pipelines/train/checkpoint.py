@@ -134,7 +134,7 @@ def resolve_init_from(storage: Storage, spec: str) -> InitSource:
     spec = str(spec).strip()
     match = RUN_ID.match(spec)
     if match and not storage.exists(spec):
-        return _from_run(match.group(2), fallback=f"runs:/{match.group(2)}/{MODEL_DIR}")
+        return _from_run(match.group(2), fallback=f"runs:/{match.group(2)}/{MODEL_DIR}", storage=storage)
     if spec.startswith("models:/"):
         return _from_registry(storage, spec)
     if is_mlflow_uri(spec):
