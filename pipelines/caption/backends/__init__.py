@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pyratok.core.logging import get_logger
 from pyratok.pipelines.caption.backends.base import CaptionBackend, Generation, VideoClip
+
+log = get_logger(__name__)
 
 BACKENDS = ("transformers", "vllm")
 
@@ -34,13 +37,17 @@ def resolve_backend(requested: str, *, num_gpus_per_actor: float = 0.0) -> str:
     if requested == "auto":
         from pyratok.pipelines.caption.backends.vllm import VllmBackend
 
-        if VllmBackend.available() and (num_gpus_per_actor > 0 or _gpu_visible()):
+        on_gpus = num_gpus_per_actor > 0 or _gpu_visible()
+        if on_gpus and VllmBackend.available():
             return "vllm"
+        if on_gpus:  # works, but several times slower than it could: say so once, with the fix
+            log.warning("caption backend auto: vllm is not installed, so the GPU caption actors run the transformers "
+                        "backend; pip install 'pyratok[vllm]' (or set caption.backend=transformers to silence this)")
         return "transformers"
     cls = backend_class(requested)
     if not cls.available():
         raise ValueError(
-            f"caption backend {requested!r} is not installed here (pip install vllm on the GPU image), "
+            f"caption backend {requested!r} is not installed here (pip install 'pyratok[vllm]' on the GPU image), "
             "or use --backend transformers"
         )
     return requested

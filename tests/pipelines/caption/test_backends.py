@@ -83,10 +83,17 @@ def test_s3_checkpoint_is_mirrored_once_and_loads(tiny_model, s3_storage, s3_buc
         local_model_dir(s3_storage, f"{s3_bucket}/models/missing", tmp_path / "cache")
 
 
-def test_backend_selection():
+def test_backend_selection(caplog):
+    import logging
+
     assert resolve_backend("transformers") == "transformers"
     assert not VllmBackend.available()  # this CPU box has no vLLM
-    assert resolve_backend("auto", num_gpus_per_actor=1) == "transformers"
+    with caplog.at_level(logging.WARNING, logger="pyratok.pipelines.caption.backends"):
+        assert resolve_backend("auto") == "transformers"
+        assert not caplog.records  # CPU actors: transformers is the right backend, nothing to say
+        assert resolve_backend("auto", num_gpus_per_actor=1) == "transformers"
+    [warned] = caplog.records
+    assert "vllm is not installed" in warned.getMessage() and "pyratok[vllm]" in warned.getMessage()
     with pytest.raises(ValueError, match="'vllm' is not installed"):
         resolve_backend("vllm")
     with pytest.raises(ValueError, match="unknown caption backend"):
