@@ -310,10 +310,14 @@ def run_caption(
     return result
 
 
+SAMPLES_TABLE = "sample_captions.json"
+
+
 def _log_run(result: CaptionResult, record: dict, storage: Storage, root: str) -> None:
     import mlflow
+    import pandas as pd
 
-    # Tags, not params: the resolved config is already logged as params (caption.version_name included).
+    # Tags, not params: the caption section is already logged as params (caption.version_name included).
     mlflow.set_tags(
         {"pyratok.caption_version": result.version, "pyratok.caption_version_name": result.name,
          "pyratok.caption_backend": result.backend, "pyratok.dataset_root": root,
@@ -328,9 +332,9 @@ def _log_run(result: CaptionResult, record: dict, storage: Storage, root: str) -
     metrics.update({f"failed.{reason}": n for reason, n in result.failure_reasons.items()})
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     with tempfile.TemporaryDirectory(prefix="pyratok-caption-") as tmp:
-        samples = os.path.join(tmp, "sample_captions.json")
-        Path(samples).write_text(json.dumps(result.samples, indent=2, ensure_ascii=False))
-        mlflow.log_artifact(samples, "caption")
+        if result.samples:  # a table the MLflow UI shows (and mlflow.load_table reads back)
+            mlflow.log_table(pd.DataFrame(result.samples, columns=["shard", "key", "caption"]),
+                             f"caption/{SAMPLES_TABLE}")
         version_file = os.path.join(tmp, "version.json")
         Path(version_file).write_text(json.dumps(record, indent=2, sort_keys=True))
         mlflow.log_artifact(version_file, "caption")

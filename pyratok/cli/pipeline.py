@@ -120,8 +120,8 @@ def next_steps(runner) -> list[str]:
             lines.append(f"MLflow: {strip_url_credentials(uri)}  (experiment {cfg.tracking.experiment})")
         else:
             lines.append(f"browse the runs: mlflow ui --backend-store-uri {uri}")
-        if model != files and os.environ.get("MLFLOW_TRACKING_URI") != uri:
-            env = f"MLFLOW_TRACKING_URI={strip_url_credentials(uri)} "  # where models:/ resolves
+        if model != files:  # where models:/ resolves (a user's shell rarely has it set; mlflow sets it in-process)
+            env = f"MLFLOW_TRACKING_URI={strip_url_credentials(uri)} "
     if model:
         corpus = records.get("sample-data").outputs.get("corpus") if "sample-data" in records else None
         videos = sorted(glob.glob(os.path.join(corpus, "**", "*.mp4"), recursive=True)) if corpus and not is_s3(corpus) else []

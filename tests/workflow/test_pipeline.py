@@ -215,7 +215,7 @@ def test_a_finished_run_says_where_the_tokenizer_is_and_how_to_try_it(built):
     local = next_steps(runner_for(built, f"tracking.tracking_uri=sqlite:///{built}/mlflow.db"))[1]
     assert local == f"browse the runs: mlflow ui --backend-store-uri sqlite:///{built}/mlflow.db"
     words = try_it.removeprefix("try it: ").split()
-    env = [] if os.environ.get("MLFLOW_TRACKING_URI") == uri else [f"MLFLOW_TRACKING_URI={strip_url_credentials(uri)}"]
+    env = [f"MLFLOW_TRACKING_URI={strip_url_credentials(uri)}"]
     assert words[: len(env) + 4] == [*env, "pyratok", "reconstruct", "--model", "models:/pyratok@stage3"]
     # the alias loads the very tokenizer the files hold
     from safetensors.torch import load_file

@@ -83,9 +83,10 @@ def test_caption_job_writes_versioned_sidecars_and_tracks_the_run(
     for metric in ("clips", "captioned", "failed", "clips_per_s", "generated_tokens_per_s"):
         assert metric in run.data.metrics
     assert run.data.metrics["captioned"] == len(keys)
-    local = client.download_artifacts(result.run_id, "caption/sample_captions.json", str(tmp_path))
-    samples = json.loads(Path(local).read_text())
-    assert len(samples) == 5 and all(captions[s["key"]] == s["caption"] for s in samples)
+    mlflow.set_tracking_uri(mlflow_server)
+    table = mlflow.load_table("caption/sample_captions.json", run_ids=[result.run_id])  # an MLflow table
+    assert list(table.columns) == ["shard", "key", "caption", "run_id"] and len(table) == 5
+    assert all(captions[key] == caption for key, caption in zip(table["key"], table["caption"]))
 
     # A rerun with the same settings resumes: nothing left to do.
     again = run_caption(make_cfg(tmp_path / "work", "caption.version_name=tiny-test"), shards_root=root, model=str(tiny_model))
