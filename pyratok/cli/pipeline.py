@@ -195,35 +195,73 @@ def status_document(runner) -> dict:
     return {"root": runner.root, "stages": stages, "lock": lock}
 
 
+STATUS_WIDTH = 100
+OUTPUTS_WIDTH = 36
+"""What is left of 100 columns after stage, state, finished, took and the run id (and the borders)."""
+
+
+def wrap_path(text: str, width: int) -> list[str]:
+    """Break a long value into lines of at most ``width`` at ``/``, ``-`` or ``_`` (never mid-name
+    unless one name alone is longer than ``width``)."""
+    import re
+
+    lines, line = [], ""
+    for piece in re.findall(r"[^/_-]*[/_-]|[^/_-]+$", text):
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        while len(piece) > width:
+            lines.append(piece[:width])
+            piece = piece[width:]
+        line += piece
+    return [*lines, line] if line else lines
+
+
+def _shown(value: str, root: str) -> str:
+    """An output as the table shows it: relative to the pipeline root when under it (``--json``: in full)."""
+    prefix = root.rstrip("/") + "/"
+    return value[len(prefix):] if value.startswith(prefix) else value
+
+
 def _print_status(runner) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pyratok.core.tracking import configure, run_url
+    from pyratok.core.secrets import strip_url_credentials
+    from pyratok.core.tracking import resolve_tracking_uri
     from pyratok.workflow.lock import holder_is_live
 
     table = Table(title=f"pipeline at {runner.root}", title_justify="left")
-    for col in ("stage", "state", "finished", "took", "outputs", "MLflow run"):
-        table.add_column(col, overflow="fold")
+    for col, width in (("stage", 11), ("state", 11), ("finished", 8), ("took", 6)):
+        table.add_column(col, no_wrap=True, min_width=width)
+    table.add_column("outputs (under the root)", no_wrap=True, width=OUTPUTS_WIDTH)
+    table.add_column("run", no_wrap=True, min_width=8)
     tracking = runner.config.tracking.enabled
-    if tracking:
-        configure(runner.config.tracking, runner.config.work_dir)
     colours = {"completed": "green", "failed": "red", "stale": "yellow", "running": "cyan", "interrupted": "magenta"}
     for view in runner.views():
         rec = view.record
-        finished = dt.datetime.fromtimestamp(rec.ended_at).strftime("%Y-%m-%d %H:%M:%S") if rec.ended_at else "-"
-        took = f"{rec.duration_s:.1f}s" if rec.duration_s is not None else "-"
-        outputs = "\n".join(f"{k}: {v}" for k, v in rec.outputs.items()) or (rec.error or "-")
-        if view.state == "failed" and rec.error and rec.outputs:  # outputs of an earlier attempt
-            outputs = f"{rec.error}\n(earlier) {outputs}"
+        finished = dt.datetime.fromtimestamp(rec.ended_at).strftime("%H:%M:%S") if rec.ended_at else "-"
+        took = "-" if rec.duration_s is None else f"{rec.duration_s:.1f}s" if rec.duration_s < 100 else f"{rec.duration_s:.0f}s"
+        items = [f"{k}: {_shown(str(v), runner.root)}" for k, v in rec.outputs.items()]
+        if view.state == "failed" and rec.error:
+            items = [rec.error, *(f"(earlier) {item}" for item in items)]
         elif view.state == "interrupted":
-            outputs = "its driver is gone (killed?): run again to resume"
-        link = run_url(rec.mlflow_run_id) if (tracking and rec.mlflow_run_id) else "-"
+            items = ["its driver is gone (killed?): run again to resume"]
+        elif not items:
+            items = [rec.error or "-"]
+        outputs = "\n".join(line for item in items for line in wrap_path(item, OUTPUTS_WIDTH))
+        run_id = rec.mlflow_run_id[:8] if (tracking and rec.mlflow_run_id) else "-"
         colour = colours.get(view.state, "white")
-        table.add_row(view.name, f"[{colour}]{view.state}[/{colour}]", finished, took, outputs, link)
+        table.add_row(view.name, f"[{colour}]{view.state}[/{colour}]", finished, took, outputs, run_id)
+    notes = []
+    if tracking:
+        notes.append(f"MLflow: {strip_url_credentials(resolve_tracking_uri(runner.config.tracking, runner.config.work_dir))}"
+                     " (run ids shortened, times of day local; --json has them in full)")
     holder = runner.lock_holder()
     if holder is not None:
         gone = not holder_is_live(holder, runner.config.pipeline.lock)
-        table.caption = f"{'stale lock of a gone driver' if gone else 'in use by'}: {holder.describe()}"
+        notes.append(f"{'stale lock of a gone driver' if gone else 'in use by'}: {holder.describe()}")
+    if notes:
+        table.caption = "\n".join(notes)
         table.caption_justify = "left"
-    Console(stderr=False, width=160).print(table)
+    Console(stderr=False, width=STATUS_WIDTH, soft_wrap=False).print(table)

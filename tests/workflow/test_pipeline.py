@@ -228,3 +228,20 @@ def test_a_finished_run_says_where_the_tokenizer_is_and_how_to_try_it(built):
     assert fetched.keys() == want.keys() and all(fetched[k].equal(want[k]) for k in want)
     video = words[words.index("--video") + 1]
     assert video.startswith(records["sample-data"].outputs["corpus"]) and os.path.isfile(video)
+
+
+def test_status_fits_100_columns_and_every_output_reads_back_whole(built, capsys):
+    from pyratok.cli.pipeline import _print_status
+
+    runner = runner_for(built)
+    _print_status(runner)
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    cells = [line.split("│")[5].strip() for line in lines if line.count("│") == 7]  # the outputs column
+    text = "".join(cells)
+    root = runner.root.rstrip("/") + "/"
+    for name, record in runner.load().stages.items():
+        for key, value in record.outputs.items():
+            assert f"{key}: {str(value).removeprefix(root)}" in text, (name, key)
+        if record.mlflow_run_id:
+            assert any(line.split("│")[1].strip() == name and record.mlflow_run_id[:8] in line for line in lines)
