@@ -237,11 +237,11 @@ def test_status_fits_100_columns_and_every_output_reads_back_whole(built, capsys
     _print_status(runner)
     lines = capsys.readouterr().out.splitlines()
     assert max(len(line) for line in lines) <= 100
-    cells = [line.split("│")[5].strip() for line in lines if line.count("│") == 7]  # the outputs column
-    text = "".join(cells)
+    rows = [line.split("│") for line in lines if line.count("│") == 7]
+    text = "".join(row[5].strip() for row in rows)  # the outputs column, its wrapped lines rejoined
     root = runner.root.rstrip("/") + "/"
     for name, record in runner.load().stages.items():
         for key, value in record.outputs.items():
             assert f"{key}: {str(value).removeprefix(root)}" in text, (name, key)
         if record.mlflow_run_id:
-            assert any(line.split("│")[1].strip() == name and record.mlflow_run_id[:8] in line for line in lines)
+            assert any(row[1].strip() == name and row[6].strip() == record.mlflow_run_id[:8] for row in rows), name
