@@ -229,6 +229,12 @@ _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ver
 
 def pin_model_version(uri: str) -> str:
     """``models:/name@alias`` / ``models:/name/latest`` -> ``models:/name/<version>`` (what the alias points at now)."""
+    name, version = pinned_version(uri)
+    return f"models:/{name}/{version}"
+
+
+def pinned_version(uri: str) -> tuple[str, str]:
+    """(registered model name, version number) a ``models:/`` URI names now."""
     import mlflow
 
     match = _MODEL_URI.match(uri)
@@ -249,7 +255,7 @@ def pin_model_version(uri: str) -> str:
     except Exception as exc:  # noqa: BLE001
         raise FileNotFoundError(f"{uri}: no such registered model version at "
                                 f"{mlflow.get_tracking_uri()} ({str(exc)[:300]})") from None
-    return f"models:/{name}/{version}"
+    return name, str(version)
 
 
 def _hub_snapshot(path: str, repo: str, revision: str | None, *, subfolder: str | None) -> Path:

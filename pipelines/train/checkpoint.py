@@ -170,10 +170,10 @@ def _try_meta(storage: Storage, checkpoint_uri: str) -> dict:
 def _from_registry(storage: Storage, spec: str) -> InitSource:
     import mlflow
 
-    from pyratok.model.sources import pin_model_version
+    from pyratok.model.sources import pinned_version
 
-    pinned = pin_model_version(spec)
-    name, _, number = pinned[len("models:/"):].partition("/")
+    name, number = pinned_version(spec)
+    pinned = f"models:/{name}/{number}"
     client = mlflow.MlflowClient()
     version = client.get_model_version(name, number)
     if version.run_id and str(version.source).rstrip("/") == f"runs:/{version.run_id}/{MODEL_DIR}":

@@ -47,13 +47,12 @@ def version_of(name: str, model_uri: str):
     """The registered version whose files are ``model_uri`` (a ``models:/`` URI or the checkpoint's model folder), or None."""
     import mlflow
 
-    from pyratok.model.sources import pin_model_version
+    from pyratok.model.sources import pinned_version
 
     client = mlflow.MlflowClient()
     try:
         if model_uri.startswith("models:/"):
-            _, _, rest = pin_model_version(model_uri).partition("models:/")
-            model, _, number = rest.partition("/")
+            model, number = pinned_version(model_uri)
             return client.get_model_version(model, number) if model == name else None
         found = client.search_model_versions(
             f"name = '{name}' and tags.`{MODEL_URI_VERSION_TAG}` = '{model_uri}'",

@@ -146,9 +146,9 @@ def stage_run(
     status = "FAILED"
     try:
         if config is not None:
-            log_params(config_params(config, sections), run.info.run_id)
-            data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
-            mlflow.log_dict(redact(data), CONFIG_ARTIFACT)
+            data = redact(config.model_dump(mode="json") if isinstance(config, BaseModel) else config)
+            log_params(config_params(data, sections), run.info.run_id)  # redacting twice changes nothing
+            mlflow.log_dict(data, CONFIG_ARTIFACT)
         yield run
         status = "FINISHED"
     finally:
