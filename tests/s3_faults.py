@@ -35,6 +35,7 @@ import http.client
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -51,6 +52,7 @@ SLOWDOWN_BODY = (
 """S3's answer, as long as S3's (~250 bytes: a 76-character HostId), which matters to readers
 that receive a small ranged read into a buffer of exactly the range's size."""
 CHUNK = 256 * 1024
+RESET_GRACE_S = 0.05
 
 
 @dataclass
@@ -274,6 +276,10 @@ class _Handler(BaseHTTPRequestHandler):
                 sent += len(take)
                 if sent >= stop_at:
                     break
+            # let what was sent arrive before the RST: Linux drops unread received bytes on RST,
+            # which would turn a break inside the body into one inside the headers at random
+            self.wfile.flush()
+            time.sleep(RESET_GRACE_S)
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:

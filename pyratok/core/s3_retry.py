@@ -8,7 +8,9 @@ a gap that a retry count alone does not close:
   breaks halfway (``ResponseStreamingError``) is the caller's problem.
   :func:`resume_get_object_bodies` makes every body of a client re-issue its GET from the byte
   it reached (``Range`` + ``If-Match`` on the ETag, so a resumed read never splices two
-  versions of an object).
+  versions of an object). botocore also reads a ``GetObject``'s error body (``404
+  NoSuchKey``) after its retry loop, so a reset there escapes as a raw urllib3
+  ``ProtocolError``; :func:`read_error_bodies_inside_retries` moves that read inside it.
 * **pyarrow** (Ray Train checkpoints, parquet footers, Ray Data) retries through the AWS C++
   SDK, but ``S3FileSystem`` forgets its ``retry_strategy`` when pickled, and Ray ships the
   filesystem to every worker by pickle: workers would silently fall back to 3 attempts. And
@@ -49,6 +51,33 @@ _CONDITIONS = ("Range", "IfMatch", "IfNoneMatch", "IfModifiedSince", "IfUnmodifi
 def botocore_retries(cfg: S3RetryConfig) -> dict[str, Any]:
     """The ``retries`` argument of ``botocore.config.Config``."""
     return {"mode": cfg.mode, "max_attempts": cfg.max_attempts}
+
+
+def read_error_bodies_inside_retries(client) -> None:
+    """Read the error body of a streaming request (``GetObject`` -> ``404 NoSuchKey``) while it
+    can still be retried, so a connection broken inside it is retried like one broken inside
+    the headers instead of raising urllib3's ``ProtocolError`` to the caller.
+
+    botocore reads a non-streaming answer's body inside its send (and retries it), but a
+    streaming request's error body only later, in ``convert_to_response_dict``, outside the
+    try block its retries watch. A ``before-send`` handler that returns the response is
+    botocore's own hook for supplying one, and runs inside that try block.
+    """
+    client.meta.events.register("before-send.s3", functools.partial(_send_reading_error_body, client=client))
+
+
+def _send_reading_error_body(request, client, **_):
+    from botocore.exceptions import ResponseStreamingError
+
+    if not request.stream_output:
+        return None  # botocore reads (and retries) these bodies itself
+    response = client._endpoint.http_session.send(request)
+    if response.status_code >= 300:
+        try:
+            response.content  # noqa: B018 - read (and cache) the error now, inside the retry loop
+        except _stream_errors() as exc:
+            raise ResponseStreamingError(error=exc) from exc  # an HTTPClientError: botocore retries it
+    return response
 
 
 def resume_get_object_bodies(client, max_attempts: int) -> None:

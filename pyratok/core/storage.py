@@ -115,7 +115,7 @@ class Storage:
             import boto3
             from botocore.config import Config
 
-            from pyratok.core.s3_retry import botocore_retries, resume_get_object_bodies
+            from pyratok.core.s3_retry import botocore_retries, read_error_bodies_inside_retries, resume_get_object_bodies
 
             client = boto3.session.Session().client(
                 "s3",
@@ -126,7 +126,9 @@ class Storage:
                     retries=botocore_retries(self.config.retries),
                 ),
             )
-            # botocore retries a GET until its headers arrive; a body that breaks later resumes here
+            # botocore retries a request until its headers arrive; a GetObject error body that
+            # breaks is read inside the retry loop instead, a GetObject body resumes
+            read_error_bodies_inside_retries(client)
             resume_get_object_bodies(client, self.config.retries.max_attempts)
             self._client = client
         return self._client

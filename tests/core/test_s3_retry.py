@@ -61,6 +61,27 @@ def test_reads_resume_where_the_body_broke(s3_server, s3_bucket, s3_storage):
         assert proxy.faults()["reset_response"] >= 10
 
 
+def test_a_reset_inside_a_get_objects_error_body_is_retried(s3_server, s3_bucket, s3_storage):
+    """botocore reads a GetObject's 404 XML after its retry loop; a reset there must be retried too."""
+    import boto3
+    from urllib3.exceptions import ProtocolError
+
+    bucket, _ = split_s3(s3_bucket)
+    missing = join(s3_bucket, "no/such/version.json")
+    with FaultProxy(s3_server, always("reset_response")) as proxy:
+        plain = boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1")
+        with pytest.raises(ProtocolError):  # stock boto3: the reset escapes its retries
+            plain.get_object(Bucket=bucket, Key="no/such/other.json")
+        proxy.reset_counts()
+
+        storage = Storage(StorageConfig(endpoint_url=proxy.url))
+        for _ in range(2):
+            with pytest.raises(FileNotFoundError, match="no/such/version.json"):
+                storage.read_bytes(missing)
+        assert proxy.faults()["reset_response"] == 6, proxy.faults()  # each read met three in a row
+        assert proxy.requests["boto3"] == 8
+
+
 def test_a_resumed_read_never_splices_two_versions(s3_server, s3_bucket, s3_storage):
     from botocore.exceptions import ClientError
 
