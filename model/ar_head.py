@@ -99,7 +99,10 @@ class HfCausalBackbone(nn.Module):
                                     adapter_name="ar")
             cast_adapter_dtype(model, "ar", autocast_adapter_dtype=True)  # fp32 adapters on a bf16 base
         if checkpointing and (trainable or lora_rank):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name is deprecated
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         dtype = self.model.get_input_embeddings().weight.dtype

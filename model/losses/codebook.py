@@ -75,20 +75,41 @@ def _gather_group():
     return _GROUPS[key]
 
 
+class _GatherWithGradient(torch.autograd.Function):
+    """all_gather whose backward hands each rank its rows' share of every rank's gradient (each rank's
+    loss depends on all rows): the semantics of ``torch.distributed.nn.functional.all_gather``, which
+    torch deprecates. The backward all-reduces (gloo has no reduce_scatter): rows x bits, small."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> tuple[torch.Tensor, ...]:
+        import torch.distributed as dist
+
+        ctx.group = group
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x, group=group)
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        import torch.distributed as dist
+
+        summed = torch.stack(grads).contiguous()
+        dist.all_reduce(summed, group=ctx.group)
+        return summed[dist.get_rank(ctx.group)], None
+
+
 def _gather_across_workers(x: torch.Tensor) -> torch.Tensor:
     """Every worker's rows (workers may hold different batch sizes), this worker's with their gradient path."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
     group = _gather_group()
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device), group=group)
     counts = [int(n) for n in sizes]
     padded = torch.cat([x, x.new_zeros(max(counts) - x.shape[0], *x.shape[1:])]) if x.shape[0] < max(counts) else x
-    parts = all_gather(padded.contiguous(), group=group)
+    parts = _GatherWithGradient.apply(padded.contiguous(), group)
     return torch.cat([part[:n] for part, n in zip(parts, counts)], dim=0)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from pyratok.config import PyratokConfig
 from pyratok.core.dataset import captions_dir, list_shards, shard_name
 from pyratok.core.logging import get_logger
+from pyratok.core.progress import stream_rows
 from pyratok.core.storage import Storage
 from pyratok.pipelines.caption import sidecars
 from pyratok.pipelines.caption.backends import resolve_backend
@@ -169,7 +170,7 @@ class ShardCommitter:
             sidecars.write_failures(self.storage, self.root, self.version, shard, bad)
             sidecars.write_sidecar(self.storage, self.root, self.version, shard, ok)
         self.committed.add(shard)
-        log.info("committed %s: %d captions, %d failures", shard, len(ok), len(bad))
+        log.debug("committed %s: %d captions, %d failures", shard, len(ok), len(bad))  # progress lines say how far
 
 
 def _version_record(cfg: CaptionConfig, version: str, location: str, backend: str) -> dict:
@@ -295,9 +296,8 @@ def run_caption(
                 tasks, storage=storage, cfg=ccfg, spec=spec, backend=backend_name, location=location, cache_dir=cache_dir
             )
             started = time.perf_counter()
-            for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                for row in batch.to_dict("records"):
-                    committer.add(row)
+            for row in stream_rows(ds, total=None, desc="caption", unit="clips", logger=log):
+                committer.add(row)
             committer.finish()
             result.wall_s = time.perf_counter() - started
             committer.fill(result)

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from pyratok.core.dataset import manifest_uri, shard_uri
+from pyratok.core.progress import stream_rows
 from pyratok.core.storage import Storage
 from pyratok.pipelines.eval.config import EvalConfig
 from pyratok.pipelines.eval.metrics import frechet_distance, retrieval_recall, summarize
@@ -192,13 +193,8 @@ def run_eval(cfg, *, model: str, data: str, caption_version: str | None = None, 
             num_cpus=ecfg.num_cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor or None,
         )  # fmt: skip
         started = time.perf_counter()
-        rows, last = [], started
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                rows.extend(batch.to_dict("records"))
-                if time.perf_counter() - last > 10:
-                    log.info("eval: %d of %d val clips scored", len(rows), len(val))
-                    last = time.perf_counter()
+            rows = list(stream_rows(ds, total=len(val), desc="eval", unit="val clips", logger=log))
         except Exception as exc:  # a worker's own error (e.g. a geometry the model cannot take) reads best unwrapped
             raise _root_cause(exc) from exc
         result.wall_s = time.perf_counter() - started

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import warnings
 from typing import Any
 
@@ -17,6 +15,7 @@ import torch
 
 from pyratok.core.storage import Storage, StorageConfig
 from pyratok.model.pixels import to_pixels
+from pyratok.model.video_io import side_by_side_mp4
 from pyratok.pipelines.eval.config import EvalConfig
 from pyratok.pipelines.eval.metrics import (
     bits_per_pixel, compression_ratio, lpips_per_clip, psnr_per_clip, ssim_per_clip,
@@ -58,17 +57,6 @@ def histogram_bytes(ids: torch.Tensor) -> bytes:
     """One clip's ids of one level -> int64 (codes..., counts...)."""
     codes, counts = torch.unique(ids.flatten().long().cpu(), return_counts=True)
     return np.concatenate([codes.numpy(), counts.numpy()]).astype(np.int64).tobytes()
-
-
-def side_by_side_mp4(original: torch.Tensor, recon: torch.Tensor, fps: float = 8.0) -> bytes:
-    """(3, T, H, W) each in [-1, 1] -> mp4 bytes of original | reconstruction."""
-    from pyratok.model.video_io import write_video
-
-    with tempfile.TemporaryDirectory(prefix="pyratok-eval-") as tmp:
-        path = os.path.join(tmp, "pair.mp4")
-        write_video(path, torch.cat([original, recon], dim=-1), fps)
-        with open(path, "rb") as fh:
-            return fh.read()
 
 
 class EvalWorker:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pyratok.core import dataset as layout
 from pyratok.core.config import fingerprint
 from pyratok.core.logging import get_logger
+from pyratok.core.progress import stream_rows
 from pyratok.core.storage import Storage, StorageError, join
 from pyratok.pipelines.ingest import reasons
 from pyratok.pipelines.ingest.config import IngestConfig, InputSpec
@@ -240,7 +241,7 @@ class IngestJob:
             batch_format="pandas",
             num_cpus=execution.probe_num_cpus,
         )
-        out = ds.to_pandas().to_dict(orient="records")
+        out = list(stream_rows(ds, total=len(rows), desc="ingest: probe", unit="inputs", logger=log))
         failed = [r for r in out if r["status"] == STORAGE_ERROR]
         if failed:
             raise StorageError(f"{len(failed)} input(s) could not be read; first: {failed[0]['video']}: {failed[0]['detail']}")
@@ -293,7 +294,7 @@ class IngestJob:
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map(
             ShardWriter(self.storage, self.cfg, self.root), num_cpus=self.cfg.execution.shard_num_cpus
         )
-        rows = ds.take_all()
+        rows = list(stream_rows(ds, total=len(items), desc="ingest: write", unit="shards", logger=log))
         failed = [r for r in rows if r["error"]]
         if failed:
             raise StorageError(f"{len(failed)} shard(s) could not be written; first: {failed[0]['name']}: {failed[0]['error']}")

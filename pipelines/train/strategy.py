@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from pyratok.core.config import deep_merge
-from pyratok.core.logging import get_logger
+from pyratok.core.logging import get_logger, library_prints
 from pyratok.pipelines.train.config import TrainConfig
 
 log = get_logger(__name__)
@@ -262,12 +262,13 @@ class DeepSpeedStrategy(Strategy):
 
         self.ds_config = ds_config
         trainable = [p for p in model.trainable_parameters()]
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model,
-            model_parameters=trainable,
-            config=ds_config,
-            lr_scheduler=lambda opt: make_scheduler(opt, train),
-        )
+        with library_prints():
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model,
+                model_parameters=trainable,
+                config=ds_config,
+                lr_scheduler=lambda opt: make_scheduler(opt, train),
+            )
         self.trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
 
     def micro_step(self, video, text, progress, keep_recon="none"):

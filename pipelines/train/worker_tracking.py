@@ -8,12 +8,15 @@ rank 0 logs into it by id through the client API.
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from pyratok.core.logging import get_logger
+from pyratok.model.video_io import side_by_side_mp4
 
 log = get_logger(__name__)
 
@@ -42,6 +45,8 @@ def frame_grid(video: torch.Tensor, recon: torch.Tensor | None, frames: int) -> 
 
 
 SAMPLES_KEY = "samples"
+SAMPLE_FPS = 8.0
+"""Playback rate of the sample mp4s (the training clips carry no fps of their own here)."""
 
 
 class RankZeroTracker:
@@ -69,12 +74,20 @@ class RankZeroTracker:
         for start in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[start : start + 500])
 
-    def sample(self, video: torch.Tensor, recon: torch.Tensor | None, step: int, frames: int) -> None:
+    def sample(self, video: torch.Tensor, recon: torch.Tensor | None, step: int, frames: int,
+               fps: float = SAMPLE_FPS) -> None:
         """A frame grid of the first clip of the batch (input over reconstruction) as the run's ``samples``
-        image at ``step``: the MLflow UI shows them as one series with a step slider."""
+        image at ``step`` (the MLflow UI shows them as one series with a step slider), and the clip itself
+        as ``samples/step<N>.mp4``, input | reconstruction, to watch it move."""
         if not self.enabled:
             return
         self.client.log_image(self.run_id, frame_grid(video, recon, frames), key=SAMPLES_KEY, step=step)
+        if recon is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="pyratok-sample-") as tmp:
+            path = Path(tmp) / f"step{step:07d}.mp4"
+            path.write_bytes(side_by_side_mp4(video, recon, fps))
+            self.client.log_artifact(self.run_id, str(path), artifact_path=SAMPLES_KEY)
 
     def params(self, values: dict[str, str]) -> None:
         if not self.enabled:

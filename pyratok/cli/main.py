@@ -34,8 +34,17 @@ def _print_version(ctx: typer.Context, value: bool) -> None:
 def main(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                  help="Print the version of pyratok and of the libraries it runs on, then exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Debug logging, and the libraries' own output (Ray Data plans, DeepSpeed, "
+                                      "progress bars of weight loading). Same as PYRATOK_LOG_LEVEL=DEBUG."),
 ) -> None:
     """Ingest video datasets into WebDataset shards, recaption them, and train the PyraTok tokenizer on Ray."""
+    if verbose:
+        import os
+
+        from pyratok.core.logging import LEVEL_ENV
+
+        os.environ[LEVEL_ENV] = "DEBUG"  # an env var, so Ray workers and submitted jobs see it too
 
 
 @app.command("config")

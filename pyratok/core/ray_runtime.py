@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 
 from pyratok.core.config import StrictModel
-from pyratok.core.logging import get_logger
+from pyratok.core.logging import get_logger, quiet_ray_data
 
 log = get_logger(__name__)
 
 # Ray Train waits one health-check interval per report(); 2 s default dominates tiny local runs.
-LOCAL_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_DEDUP_LOGS": "1"}
+# Its preemption watcher polls for node drains, which a local Ray never has (and its actor logs an
+# error-level line about its own constructor arguments at every start).
+LOCAL_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_DEDUP_LOGS": "1",
+                      "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 class RayConfig(StrictModel):
@@ -57,6 +60,7 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
                            log_to_driver=True)
         if hasattr(context, "dashboard_url"):  # a Ray Client context has none: unknown, assume a full cluster
             _DASHBOARD["url"] = context.dashboard_url or ""
+        quiet_ray_data()
         return
     for key, value in LOCAL_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -71,6 +75,7 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
         configure_logging=False,
     )
     _DASHBOARD["url"] = getattr(context, "dashboard_url", None) or ""
+    quiet_ray_data()
     log.info("started a local Ray (%s CPUs)", int(ray.cluster_resources().get("CPU", 0)))
 
 

