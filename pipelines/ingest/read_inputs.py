@@ -10,7 +10,6 @@ accepted/rejected invariant.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +23,12 @@ from pyratok.pipelines.ingest.config import IngestConfig, InputSpec
 from pyratok.pipelines.ingest.paths import resolve_video
 from pyratok.pipelines.ingest.reasons import RejectError, Rejection
 from pyratok.pipelines.ingest.sources import RowError, SourceRow, source_format
+from pyratok.pipelines.ingest.sources.droplet import clip_file_prefix, suffix_rank
 from pyratok.pipelines.ingest.sources.tables import ERROR_FIELD, MetadataError, read_table
 
 log = get_logger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".flv")
-_QUALITY_NUMBER = re.compile(r"(\d+)")
 
 
 @dataclass
@@ -62,23 +61,13 @@ def reject_record(row: dict[str, Any], rejection: Rejection) -> dict[str, Any]:
 
 def _droplet_index(storage: Storage, videos: str) -> dict[str, str]:
     """``"{ytid}--{start}_{end}-"`` -> file URI, from one listing of the videos folder."""
-    candidates: dict[str, list[str]] = {}
+    candidates: dict[str, list[tuple[float, str]]] = {}
     for uri in storage.list(videos, suffix=VIDEO_SUFFIXES):
-        name = basename(uri)
-        head, sep, _quality = name.rpartition("-")
-        if sep and "--" in head:
-            candidates.setdefault(head + "-", []).append(uri)
-
-    def best(uris: list[str]) -> str:
-        # Several qualities of one clip: the highest numeric label ("1080p" over "720p"), then by name.
-        def rank(uri: str) -> tuple[int, str]:
-            label = basename(uri).rpartition("-")[2]
-            match = _QUALITY_NUMBER.search(label)
-            return (-int(match.group(1)) if match else 0, uri)
-
-        return sorted(uris, key=rank)[0]
-
-    return {prefix: best(uris) for prefix, uris in candidates.items()}
+        parsed = clip_file_prefix(basename(uri).rsplit(".", 1)[0])
+        if parsed is not None:
+            candidates.setdefault(parsed[0], []).append((suffix_rank(parsed[1]), uri))
+    # several files of one clip: the best score (or quality label), then the first name
+    return {prefix: min(found, key=lambda f: (-f[0], f[1]))[1] for prefix, found in candidates.items()}
 
 
 def check_videos_location(storage: Storage, videos: str) -> None:

@@ -1,7 +1,8 @@
 """DropletVideo-10M: ``url, fps, framestamp`` ("(start,end)" in frames), ``quality_score``
-and a caption column (configurable). Local files are named
-``{ytid}--{start:06d}_{end:06d}-{quality}.mp4``; the quality label is not in the
-metadata, so the file is found by its name prefix in the videos listing."""
+and a caption column (configurable). The official downloader names clips
+``{ytid}--{start:06d}_{end:06d}-{quality_score}.mp4``, the suffix being the score's value as
+Python prints it (``4.5``, ``-0.25``, ``1e-05``); the file is found by its name prefix in the
+videos listing (:func:`clip_file_prefix`), so the score's spelling never has to match."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from pyratok.pipelines.ingest.sources.base import (
 )
 
 _FRAMESTAMP = re.compile(r"^\s*[\(\[]\s*(\d+)\s*,\s*(\d+)\s*[\)\]]\s*$")
+_CLIP_NAME = re.compile(r"^(?P<prefix>.+--\d+_\d+-)(?P<suffix>.*)$")
+"""Greedy up to the LAST ``--<start>_<end>-``: a YouTube id may hold ``-``/``_``, a score ``-`` or ``e-``."""
+_NUMBER = re.compile(r"-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
 SCORE_COLUMNS = {"quality_score": "quality"}
 
 
@@ -37,6 +41,24 @@ def parse_framestamp(value: str) -> tuple[int, int]:
 
 def droplet_file_prefix(ytid: str, start: int, end: int) -> str:
     return f"{ytid}--{start:06d}_{end:06d}-"
+
+
+def clip_file_prefix(stem: str) -> tuple[str, str] | None:
+    """``"XyZ-1_a--000050_000175--0.25"`` -> (``"XyZ-1_a--000050_000175-"``, ``"-0.25"``): the prefix a
+    row looks its clip up by, and the suffix (quality score, or a label such as ``720p``); None for a
+    name that is no DropletVideo clip. ``stem`` is the file name without its extension."""
+    match = _CLIP_NAME.match(stem)
+    return (match.group("prefix"), match.group("suffix")) if match else None
+
+
+def suffix_rank(suffix: str) -> float:
+    """Higher is better among several files of one clip: the score's value, or a label's number
+    (``1080p`` over ``720p``); a suffix with no number ranks last."""
+    match = _NUMBER.search(suffix)
+    try:
+        return float(match.group(0)) if match else float("-inf")
+    except ValueError:
+        return float("-inf")
 
 
 class Droplet(SourceFormat):

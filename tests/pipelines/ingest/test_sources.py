@@ -155,3 +155,30 @@ def test_unusable_tables_raise_metadata_error(tmp_path):
     (tmp_path / "bad.parquet").write_text("not parquet")
     with pytest.raises(MetadataError, match="not a readable parquet"):
         read_table(Storage(), str(tmp_path / "bad.parquet"))
+
+
+def test_droplet_clips_are_found_whatever_their_score_looks_like(tmp_path):
+    """The official downloader appends the quality score's value: negative and 1e-05 forms included."""
+    from pyratok.core.storage import Storage
+    from pyratok.pipelines.ingest.read_inputs import _droplet_index
+    from pyratok.pipelines.ingest.sources.droplet import clip_file_prefix, suffix_rank
+
+    names = {
+        "XyZ-1_a2b3c--000050_000175--0.25.mp4": "XyZ-1_a2b3c--000050_000175-",  # id with - and _, negative score
+        "abcdefghijk--000000_000048-1e-05.mp4": "abcdefghijk--000000_000048-",  # scientific notation
+        "q--w--000010_000020-4.5.mp4": "q--w--000010_000020-",  # '--' inside the id itself
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "abcdefghijk--000000_000048-3.25.mp4").write_bytes(b"x")  # a better-scored twin of one clip
+    (tmp_path / "not-a-droplet-clip.mp4").write_bytes(b"x")
+    index = _droplet_index(Storage(), str(tmp_path))
+    assert sorted(index) == sorted(names.values())
+    assert index["abcdefghijk--000000_000048-"].endswith("-3.25.mp4")  # 3.25 > 1e-05
+    assert index["XyZ-1_a2b3c--000050_000175-"].endswith("--0.25.mp4")
+    # a row's own prefix (from url + framestamp) is the key it looks up
+    row = parse("droplet", {"url": "https://www.youtube.com/watch?v=XyZ-1_a2b3c", "fps": 25, "framestamp": "(50,175)",
+                            "caption": "c"})  # fmt: skip
+    assert row.video in index
+    assert clip_file_prefix("no-frames-here") is None
+    assert suffix_rank("1080p") > suffix_rank("720p") > suffix_rank("-0.5") > suffix_rank("hd")
