@@ -230,7 +230,7 @@ def output_items(outputs: dict, root: str) -> list[str]:
     checkpoint, model = shown.get("checkpoint"), shown.get("model")
     if checkpoint and model == f"{checkpoint.rstrip('/')}/model":
         del shown["model"]
-        shown = {("checkpoint (model/ inside)" if k == "checkpoint" else k): v for k, v in shown.items()}
+        shown["checkpoint"] = f"{checkpoint} (+ model/)"
     return [f"{k}: {v}" for k, v in shown.items()]
 
 

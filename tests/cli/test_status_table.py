@@ -17,7 +17,7 @@ def test_a_model_inside_its_checkpoint_is_shown_once_and_paths_are_relative_to_t
     root = "/w/pipeline"
     ckpt = f"{root}/checkpoints/stage1-x/checkpoint_step0000100"
     items = output_items({"checkpoint": ckpt, "model": f"{ckpt}/model", "steps": 100}, root)
-    assert items == ["checkpoint (model/ inside): checkpoints/stage1-x/checkpoint_step0000100", "steps: 100"]
+    assert items == ["checkpoint: checkpoints/stage1-x/checkpoint_step0000100 (+ model/)", "steps: 100"]
     # an eval's model, or a model exported elsewhere, keeps its own line
     assert output_items({"checkpoint": ckpt, "model": "s3://b/m"}, root) == [
         "checkpoint: checkpoints/stage1-x/checkpoint_step0000100", "model: s3://b/m"]
