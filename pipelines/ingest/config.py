@@ -82,13 +82,8 @@ class SourcesConfig(StrictModel):
     """DropletVideo releases ship captions under varying names; pick the column here."""
     ultravideo_caption_field: str = "Summarized Description"
     """Which of UltraVideo's ten caption fields becomes ``caption`` (all ten go to ``captions``)."""
-    ultravideo_layout: Literal["clips", "source_videos"] = "clips"
-    """``clips``: the dataset as shipped, pre-cut clips named by ``clip_id`` (a uuid ending in ``.mp4``,
-    from the ``clips_short/clips_short_{1..36}.zip`` parts unzipped into ``videos``), each ingested
-    whole; ``source_videos``: full source videos you downloaded yourself, each row's window cut out."""
-    ultravideo_video_file: str | None = None
-    """Video file of an UltraVideo row, relative to ``videos``; fields: ``{video_id}`` (from ``url``, a bare
-    YouTube id in the release), ``{clip_id}``. None: ``{clip_id}`` for ``clips``, ``{video_id}.mp4`` else."""
+    ultravideo_video_file: str = "{video_id}.mp4"
+    """Video file of an UltraVideo row, relative to ``videos``; fields: ``{video_id}`` (from ``url``), ``{clip_id}``."""
     manifest_path_column: str = "path"
     manifest_caption_column: str = "caption"
 

@@ -5,8 +5,8 @@
     inputs.yaml                         the four datasets, ready for ``pyratok ingest --inputs``
     expected.json                       what ingest should do with every metadata row (default filters)
     openvid/OpenVid-1M.csv + videos/    OpenVid-1M columns (spaces in names, no width/height)
-    ultravideo/short.csv + clips_short/  UltraVideo as shipped: ten caption fields, pre-cut clips named by clip_id (<uuid>.mp4)
-    droplet/DropletVideo-10M.csv + videos/{ytid}--{start:06d}_{end:06d}-{quality label or score}.mp4
+    ultravideo/UltraVideo.csv + videos/ UltraVideo columns + ten caption fields; rows are windows of source videos
+    droplet/DropletVideo-10M.csv + videos/{ytid}--{start:06d}_{end:06d}-{quality}.mp4
     manifest/manifest.{csv,jsonl,parquet} + videos/   generic ``path, caption`` (+ optional columns)
 
 Mixed resolutions (480p, 720p, 1080p, one 2160p, one portrait 720x1280), codecs
@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +39,6 @@ from pyratok.pipelines.ingest.process import run_command
 from pyratok.pipelines.ingest.sources.ultravideo import CAPTION_FIELDS
 
 INPUTS_FILE = "inputs.yaml"
-VIDEO_FOLDERS = {"ultravideo": "ultravideo/clips_short"}
-"""Each source's videos folder where it is not ``<source>/videos`` (UltraVideo's zip parts' name)."""
 EXPECTED_FILE = "expected.json"
 ACCEPTED = "accepted"
 ENCODE_TIMEOUT_S = 300
@@ -172,26 +169,24 @@ def _openvid(c: Corpus, clips: int) -> None:
 
 
 def _ultravideo(c: Corpus) -> None:
-    """As shipped: ``short.csv`` + pre-cut clips named by ``clip_id`` (``<uuid>.mp4``), ``url`` a bare YouTube id."""
-    v = "ultravideo/clips_short/"
+    v = "ultravideo/videos/"
+    c.videos.append(VideoSpec(v + "uvsrcA0001.mp4", 1920, 1080, seconds=4.0, gop=12, hue=30))
+    c.videos.append(VideoSpec(v + "uvsrcB0002.mp4", 1280, 720, seconds=3.0, codec="hevc", gop=12, hue=90))
 
-    def add(n, video_id, size, seconds, expect, codec="h264", vtss=0.8, file=True):
-        clip_id = f"{uuid.uuid5(uuid.NAMESPACE_URL, f'pyratok-sample-ultravideo-{n}')}.mp4"
-        if file:
-            c.videos.append(VideoSpec(v + clip_id, *size, seconds=seconds, codec=codec, gop=12, hue=30 + 60 * n))
-        fps, start = 24.0, 2.0 * n  # where the clip sat in its source (metadata only: the file is the clip)
-        captions = {name: f"{name} of clip {n} of {video_id}: a drifting test pattern" for name in CAPTION_FIELDS}
+    def add(clip_id, video_id, size, start, end, expect, vtss=0.8):
+        fps = 24.0
+        captions = {name: f"{name} of {clip_id}: a drifting test pattern" for name in CAPTION_FIELDS}
         c.row("ultravideo", {
-            "clip_id": clip_id, "url": video_id, "frame_width": size[0], "frame_height": size[1], "fps": fps,
-            "start_frame": int(start * fps), "end_frame": int((start + seconds) * fps), "total_frames": int(seconds * fps),
-            "start_time": start, "end_time": start + seconds, "duration": seconds,
+            "clip_id": clip_id, "url": f"https://www.youtube.com/watch?v={video_id}", "frame_width": size[0],
+            "frame_height": size[1], "fps": fps, "start_frame": int(start * fps), "end_frame": int(end * fps),
+            "total_frames": int((end - start) * fps), "start_time": start, "end_time": end, "duration": end - start,
             "vtss_score": vtss, "motion_score": 0.42, "video_clip_score": 0.31, **captions,
         }, clip_id, expect)  # fmt: skip
 
-    add(0, "uvsrcA0001x", (1920, 1080), 1.5, ACCEPTED)
-    add(1, "uvsrcA0001x", (1920, 1080), 1.25, ACCEPTED)
-    add(2, "uvsrcB0002y", (1280, 720), 1.5, ACCEPTED, codec="hevc")
-    add(3, "uvsrcB0002y", (1280, 720), 1.5, reasons.MISSING_FILE, file=False)  # in a zip part not downloaded
+    add("uvsrcA0001_000", "uvsrcA0001", (1920, 1080), 0.5, 2.0, ACCEPTED)  # starts on a keyframe: stream copy
+    add("uvsrcA0001_001", "uvsrcA0001", (1920, 1080), 2.25, 3.5, ACCEPTED)  # between keyframes: re-encode
+    add("uvsrcA0001_002", "uvsrcA0001", (1920, 1080), 3.0, 9.0, reasons.WINDOW_OUT_OF_RANGE)
+    add("uvsrcB0002_000", "uvsrcB0002", (1280, 720), 1.0, 2.5, ACCEPTED)  # hevc, stream copy
 
 
 def _droplet(c: Corpus) -> None:
@@ -212,9 +207,6 @@ def _droplet(c: Corpus) -> None:
     add("dr0000000c3", "(24,72)", ACCEPTED, files=[("480p", (854, 480)), ("720p", (1280, 720))])  # picks 720p
     add("dr0000000d4", "(12;abc)", reasons.BAD_METADATA)
     add("dr0000000e5", "(0,48)", reasons.MISSING_FILE)
-    # the official downloader names a clip by its quality score's value, as Python prints it
-    add("dr0000000f6", "(48,96)", ACCEPTED, quality_score=-0.25, files=[("-0.25", (1280, 720))])
-    add("dr0000000g7", "(96,144)", ACCEPTED, quality_score=1e-05, files=[("1e-05", (1280, 720))])
 
 
 def _manifest(c: Corpus) -> None:
@@ -224,7 +216,6 @@ def _manifest(c: Corpus) -> None:
         VideoSpec(v + "clips/studio_1080p.mov", 1920, 1080, hue=250),
         VideoSpec(v + "clips/hevc_720p.mp4", 1280, 720, codec="hevc", hue=300),
         VideoSpec(v + "clips/mpeg4_720p.avi", 1280, 720, codec="mpeg4", hue=330),
-        VideoSpec(v + "sources/long_1080p_gop12.mp4", 1920, 1080, seconds=4.0, gop=12, hue=30),
     ]
 
     def add(path, expect, caption, id_="", start="", end="", aesthetic=4.8):
@@ -237,11 +228,6 @@ def _manifest(c: Corpus) -> None:
     add("clips/hevc_720p.mp4", ACCEPTED, "HEVC mp4: kept byte for byte")
     add("clips/mpeg4_720p.avi", ACCEPTED, "MPEG-4 part 2: re-encoded to h264")
     add("clips/studio_1080p.mov", ACCEPTED, "A window of the studio clip", "studio_window", 0.5, 1.5)
-    # windows of one source video (keyframes every 0.5 s): how a window is cut out
-    long = "sources/long_1080p_gop12.mp4"
-    add(long, ACCEPTED, "A window that starts on a keyframe: stream copy", "window_on_keyframe", 0.5, 2.0)
-    add(long, ACCEPTED, "A window between keyframes: re-encoded", "window_between_keyframes", 2.25, 3.5)
-    add(long, reasons.WINDOW_OUT_OF_RANGE, "A window past the end of the video", "window_past_the_end", 3.0, 9.0)
 
 
 def build_corpus(clips: int = 0) -> Corpus:
@@ -291,7 +277,7 @@ def _write_tables(corpus: Corpus, root: Path) -> dict[str, str]:
 
     paths = {
         "openvid": "openvid/OpenVid-1M.csv",
-        "ultravideo": "ultravideo/short.csv",
+        "ultravideo": "ultravideo/UltraVideo.csv",
         "droplet": "droplet/DropletVideo-10M.csv",
         "manifest": "manifest/manifest.csv",
     }
@@ -337,7 +323,7 @@ def _generate(corpus: Corpus, root: Path, threads: int | None) -> dict:
     for path, kind in corpus.special.items():
         _make_special(path, kind, root)
     tables = _write_tables(corpus, root)
-    inputs = [{"source": s, "metadata": rel, "videos": VIDEO_FOLDERS.get(s, f"{s}/videos")} for s, rel in tables.items()]
+    inputs = [{"source": s, "metadata": rel, "videos": f"{s}/videos"} for s, rel in tables.items()]
     (root / INPUTS_FILE).write_text(yaml.safe_dump({"inputs": inputs}, sort_keys=False))
     expected = {"filters": SAMPLE_FILTER_OVERRIDES, "rows": corpus.expected}
     (root / EXPECTED_FILE).write_text(json.dumps(expected, indent=1))

@@ -1,9 +1,7 @@
 """UltraVideo: ``clip_id, url, frame_width, frame_height, fps, start_frame, end_frame,
 total_frames, start_time, end_time, duration, vtss_score, motion_score, video_clip_score``
-plus ten caption fields (``short.csv``). As shipped, each row is a pre-cut clip named by its
-``clip_id`` (``<uuid>.mp4``), ingested whole; ``url`` is the source's bare YouTube id. With
-``sources.ultravideo_layout: source_videos`` a row is instead the window ``start_time..end_time``
-of a full source video ``{video_id}.mp4``, cut out at ingest."""
+plus ten caption fields. Each row is a window of a source video (``{video_id}.mp4`` by
+default, the id taken from ``url``); the window is cut out at ingest."""
 
 from __future__ import annotations
 
@@ -53,20 +51,15 @@ class UltraVideo(SourceFormat):
         if not clip_id:
             raise RowError("column 'clip_id' is empty")
         video_id = video_id_from_url(text(record.get("url")) or clip_id)
-        clips = cfg.ultravideo_layout == "clips"
-        template = cfg.ultravideo_video_file or ("{clip_id}" if clips else "{video_id}.mp4")
         try:
-            video = template.format(video_id=video_id, clip_id=clip_id)
+            video = cfg.ultravideo_video_file.format(video_id=video_id, clip_id=clip_id)
         except (KeyError, IndexError) as exc:
             raise RowError(f"sources.ultravideo_video_file has an unknown field {exc}") from None
-        if clips and "." not in video.rsplit("/", 1)[-1]:
-            video += ".mp4"  # a clip_id written without its extension
-        window = ultravideo_window(record)  # validated in both layouts: a bad row is bad metadata either way
         captions = {name: text(record.get(name)) for name in CAPTION_FIELDS if text(record.get(name))}
         return SourceRow(
             source_id=clip_id,
             video=video,
-            window=None if clips else window,
+            window=ultravideo_window(record),
             caption=text(record.get(cfg.ultravideo_caption_field)),
             captions=captions,
             scores=scores_from(record, SCORE_COLUMNS),

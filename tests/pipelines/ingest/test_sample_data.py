@@ -24,7 +24,7 @@ def test_metadata_tables_use_the_exact_source_columns(sample_corpus):
         "video", "caption", "aesthetic score", "motion score", "temporal consistency score", "camera motion",
         "frame", "fps", "seconds",
     ]  # fmt: skip
-    assert header(sample_corpus / "ultravideo/short.csv") == [
+    assert header(sample_corpus / "ultravideo/UltraVideo.csv") == [
         "clip_id", "url", "frame_width", "frame_height", "fps", "start_frame", "end_frame", "total_frames",
         "start_time", "end_time", "duration", "vtss_score", "motion_score", "video_clip_score", *CAPTION_FIELDS,
     ]  # fmt: skip
@@ -38,19 +38,7 @@ def test_metadata_tables_use_the_exact_source_columns(sample_corpus):
 def test_droplet_files_are_named_by_ytid_window_and_quality(sample_corpus):
     names = sorted(p.name for p in (sample_corpus / "droplet/videos").iterdir())
     assert "dr0000000a1--000000_000048-720p.mp4" in names
-    assert "dr0000000f6--000048_000096--0.25.mp4" in names and "dr0000000g7--000096_000144-1e-05.mp4" in names
-    assert all(n.count("--") == 1 + n.endswith("--0.25.mp4") for n in names)
-
-
-def test_ultravideo_is_laid_out_as_shipped(sample_corpus):
-    """short.csv's clip_id is the clip's file name in clips_short/ (a uuid + .mp4); url a bare YouTube id."""
-    import uuid
-
-    rows = list(csv.DictReader(open(sample_corpus / "ultravideo/short.csv", newline="", encoding="utf-8")))
-    files = {p.name for p in (sample_corpus / "ultravideo/clips_short").iterdir()}
-    assert all(uuid.UUID(r["clip_id"].removesuffix(".mp4")) and r["clip_id"].endswith(".mp4") for r in rows)
-    assert all(len(r["url"]) == 11 and "/" not in r["url"] for r in rows)
-    assert sum(r["clip_id"] in files for r in rows) == len(rows) - 1  # one clip's zip part was not downloaded
+    assert all(n.count("--") == 1 and n.rsplit("-", 1)[1] in ("480p.mp4", "720p.mp4", "1080p.mp4") for n in names)
 
 
 def test_mixed_resolutions_codecs_and_bad_inputs(sample_corpus):

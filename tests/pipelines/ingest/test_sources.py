@@ -48,21 +48,8 @@ def _ultravideo_record(**over):
     return record
 
 
-SOURCE_VIDEOS = SourcesConfig(ultravideo_layout="source_videos")
-
-
-def test_ultravideo_as_shipped_is_a_precut_clip_named_by_its_clip_id():
-    """short.csv's clip_id is the clip file's name (a uuid ending in .mp4); url is a bare YouTube id."""
-    row = parse("ultravideo", _ultravideo_record(clip_id="4f3c2b1a-9d8e-4c7b-a6f5-0e1d2c3b4a59.mp4", url="Ab3_x-1"))
-    assert row.video == "4f3c2b1a-9d8e-4c7b-a6f5-0e1d2c3b4a59.mp4" and row.window is None  # ingested whole
-    assert row.tags == {"video_id": "Ab3_x-1"} and row.scores == {"vtss": 0.71, "motion": 0.3, "clip": 0.27}
-    assert parse("ultravideo", _ultravideo_record(clip_id="abc123")).video == "abc123.mp4"  # extension added
-    with pytest.raises(RowError, match="empty or negative"):  # the times are still checked
-        parse("ultravideo", _ultravideo_record(start_time=5.0, end_time=5.0))
-
-
 def test_ultravideo_row_window_captions_scores_and_file():
-    row = parse("ultravideo", _ultravideo_record(), SOURCE_VIDEOS)
+    row = parse("ultravideo", _ultravideo_record())
     assert row.source_id == "Ab3_x-1_0004"
     assert row.video == "Ab3_x-1.mp4"
     assert row.window == (1.0, 8.0)
@@ -72,8 +59,7 @@ def test_ultravideo_row_window_captions_scores_and_file():
 
 
 def test_ultravideo_window_falls_back_to_frames_and_file_template_is_configurable():
-    cfg = SourcesConfig(ultravideo_layout="source_videos", ultravideo_video_file="clips/{clip_id}.mp4",
-                        ultravideo_caption_field="Brief Description")
+    cfg = SourcesConfig(ultravideo_video_file="clips/{clip_id}.mp4", ultravideo_caption_field="Brief Description")
     row = parse("ultravideo", _ultravideo_record(start_time="", end_time=""), cfg)
     assert row.window == (1.0, 8.0)  # 30/30 .. 240/30
     assert row.video == "clips/Ab3_x-1_0004.mp4"
