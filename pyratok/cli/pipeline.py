@@ -223,17 +223,6 @@ def _shown(value: str, root: str) -> str:
     return value[len(prefix):] if value.startswith(prefix) else value
 
 
-def output_items(outputs: dict, root: str) -> list[str]:
-    """``key: value`` per output, paths under the root relative to it; a training stage's exported
-    model inside its checkpoint is said with the checkpoint instead of spelling the path twice."""
-    shown = {k: _shown(str(v), root) for k, v in outputs.items()}
-    checkpoint, model = shown.get("checkpoint"), shown.get("model")
-    if checkpoint and model == f"{checkpoint.rstrip('/')}/model":
-        del shown["model"]
-        shown["checkpoint"] = f"{checkpoint} (+ model/)"
-    return [f"{k}: {v}" for k, v in shown.items()]
-
-
 def _print_status(runner) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -253,7 +242,7 @@ def _print_status(runner) -> None:
         rec = view.record
         finished = dt.datetime.fromtimestamp(rec.ended_at).strftime("%H:%M:%S") if rec.ended_at else "-"
         took = "-" if rec.duration_s is None else f"{rec.duration_s:.1f}s" if rec.duration_s < 100 else f"{rec.duration_s:.0f}s"
-        items = output_items(rec.outputs, runner.root)
+        items = [f"{k}: {_shown(str(v), runner.root)}" for k, v in rec.outputs.items()]
         if view.state == "failed" and rec.error:
             items = [rec.error, *(f"(earlier) {item}" for item in items)]
         elif view.state == "interrupted":
