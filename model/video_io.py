@@ -148,9 +148,9 @@ def write_frames(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: flo
             container.mux(packet)
 
 
-def side_by_side_mp4(original: torch.Tensor, recon: torch.Tensor, fps: float = 8.0) -> bytes:
-    """(3, T, H, W) each, in [-1, 1] or uint8 -> mp4 bytes of original | reconstruction (the shorter
-    length of the two; padded to even sides, which yuv420p needs)."""
+def write_side_by_side(path: str | os.PathLike, original: torch.Tensor, recon: torch.Tensor, fps: float = 8.0) -> None:
+    """(3, T, H, W) each, in [-1, 1] or uint8 -> an mp4 of original | reconstruction at ``path`` (the
+    shorter length of the two; padded to even sides, which yuv420p needs)."""
 
     def as_float(x: torch.Tensor) -> torch.Tensor:
         x = x.detach().cpu()
@@ -159,8 +159,13 @@ def side_by_side_mp4(original: torch.Tensor, recon: torch.Tensor, fps: float = 8
     length = min(original.shape[1], recon.shape[1])
     pair = torch.cat([as_float(original)[:, :length], as_float(recon)[:, :length]], dim=-1)
     pair = F.pad(pair, (0, pair.shape[-1] % 2, 0, pair.shape[-2] % 2), value=-1.0)
+    write_video(path, pair, fps)
+
+
+def side_by_side_mp4(original: torch.Tensor, recon: torch.Tensor, fps: float = 8.0) -> bytes:
+    """:func:`write_side_by_side`'s mp4 as bytes."""
     with tempfile.TemporaryDirectory(prefix="pyratok-pair-") as tmp:
         path = os.path.join(tmp, "pair.mp4")
-        write_video(path, pair, fps)
+        write_side_by_side(path, original, recon, fps)
         with open(path, "rb") as fh:
             return fh.read()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pyratok.core.logging import get_logger
-from pyratok.model.video_io import side_by_side_mp4
+from pyratok.model.video_io import write_side_by_side
 
 log = get_logger(__name__)
 
@@ -86,7 +86,7 @@ class RankZeroTracker:
             return
         with tempfile.TemporaryDirectory(prefix="pyratok-sample-") as tmp:
             path = Path(tmp) / f"step{step:07d}.mp4"
-            path.write_bytes(side_by_side_mp4(video, recon, fps))
+            write_side_by_side(path, video, recon, fps)
             self.client.log_artifact(self.run_id, str(path), artifact_path=SAMPLES_KEY)
 
     def params(self, values: dict[str, str]) -> None:

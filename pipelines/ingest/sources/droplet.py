@@ -54,11 +54,8 @@ def clip_file_prefix(stem: str) -> tuple[str, str] | None:
 def suffix_rank(suffix: str) -> float:
     """Higher is better among several files of one clip: the score's value, or a label's number
     (``1080p`` over ``720p``); a suffix with no number ranks last."""
-    match = _NUMBER.search(suffix)
-    try:
-        return float(match.group(0)) if match else float("-inf")
-    except ValueError:
-        return float("-inf")
+    match = _NUMBER.search(suffix)  # always a valid float literal when it matches
+    return float(match.group(0)) if match else float("-inf")
 
 
 class Droplet(SourceFormat):
